@@ -1,0 +1,33 @@
+# Everything a fresh machine with Python 3.11 and pip needs: `make run`, `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run demo test test-fast lint bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/gateway demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -n 2 -q
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -n 2 -q -m "not slow"
+
+lint: $(STAMP)
+	$(BIN)/ruff check gateway tests bench
+	$(BIN)/mypy gateway
+
+bench: $(STAMP)
+	$(BIN)/python bench/bench_core.py
+	$(BIN)/python bench/bench_noise.py
+
+clean:
+	rm -rf $(VENV) .gateway .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,178 @@
+"""The `gateway` command line: a thin layer over :class:`gateway.Gateway`.
+
+Results go to stdout, progress and errors to stderr, so
+``KEY=$(gateway analyst add alice)`` captures only the key.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from gateway.errors import BudgetExceeded, GatewayError, QueryRejected
+
+DEFAULT_POLICY = "policies/web.yaml"
+DEFAULT_STATE = ".gateway/state.db"
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--policy", default=os.environ.get("GATEWAY_POLICY", DEFAULT_POLICY),
+                   help="policy file (default: $GATEWAY_POLICY or policies/web.yaml)")
+    p.add_argument("--state", default=os.environ.get("GATEWAY_STATE", DEFAULT_STATE),
+                   help="state database (default: $GATEWAY_STATE or .gateway/state.db)")
+
+
+def _budget_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--epsilon", type=float, default=None, help="epsilon to spend")
+    p.add_argument("--delta", type=float, default=None, help="delta to spend")
+    p.add_argument("--mechanism", choices=["laplace", "gaussian"], default=None)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gateway", description="Differentially private SQL")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    q = sub.add_parser("query", help="run a DP query")
+    q.add_argument("sql")
+    q.add_argument("--analyst", default=None, help="analyst to charge (in-process)")
+    q.add_argument("--json", action="store_true", help="print the full result as JSON")
+    _budget_args(q)
+    _common(q)
+
+    e = sub.add_parser("explain", help="show the plan, cost and accuracy; charges nothing")
+    e.add_argument("sql")
+    _budget_args(e)
+    _common(e)
+
+    a = sub.add_parser("analyst", help="manage analysts")
+    asub = a.add_subparsers(dest="analyst_command", required=True)
+    add = asub.add_parser("add", help="create an analyst; prints only the new API key")
+    add.add_argument("name")
+    add.add_argument("--epsilon", type=float, default=None)
+    add.add_argument("--delta", type=float, default=None)
+    add.add_argument("--admin", action="store_true")
+    _common(add)
+    lst = asub.add_parser("list", help="list analysts and their budgets")
+    _common(lst)
+
+    b = sub.add_parser("budget", help="show spent and remaining budget")
+    b.add_argument("name", nargs="?", default=None)
+    _common(b)
+
+    s = sub.add_parser("sample-data", help="generate the sample data set")
+    s.add_argument("--rows", default="100000")
+    s.add_argument("--out", default="sample_data")
+    s.add_argument("--seed", default="7")
+
+    d = sub.add_parser("demo", help="create an analyst and run a few DP queries")
+    _common(d)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "sample-data":
+        from gateway.sample_data import main as sample_main
+
+        return sample_main(["--rows", args.rows, "--out", args.out, "--seed", args.seed])
+    try:
+        return _run(args)
+    except BudgetExceeded as e:
+        print(f"budget exceeded: {e.detail}", file=sys.stderr)
+        return 3
+    except QueryRejected as e:
+        print(f"rejected: {e.detail}", file=sys.stderr)
+        if e.span is not None:
+            print(f"  at: {e.span.text!r} (characters {e.span.start}-{e.span.end})",
+                  file=sys.stderr)
+        return 2
+    except GatewayError as e:
+        print(f"error: {e.detail}", file=sys.stderr)
+        return 1
+
+
+def _run(args: argparse.Namespace) -> int:
+    from gateway.service import Gateway
+
+    if args.command == "demo":
+        from gateway.demo import run_demo
+
+        return run_demo(args.policy, args.state)
+    with Gateway.open(args.policy, args.state) as gw:
+        if args.command == "query":
+            r = gw.query(args.sql, analyst=args.analyst, epsilon=args.epsilon, delta=args.delta,
+                         mechanism=args.mechanism)
+            if args.json:
+                print(json.dumps(r.to_dict(), indent=2))
+            else:
+                print(format_table([c.name for c in r.columns], r.rows))
+                print(describe_release(r.to_dict()), file=sys.stderr)
+        elif args.command == "explain":
+            ex = gw.explain(args.sql, epsilon=args.epsilon, delta=args.delta,
+                            mechanism=args.mechanism)
+            print(json.dumps(ex.to_dict(), indent=2, default=str))
+        elif args.command == "analyst":
+            if args.analyst_command == "add":
+                print(gw.add_analyst(args.name, epsilon=args.epsilon, delta=args.delta,
+                                     admin=args.admin))
+            else:
+                rows = []
+                for a in gw.analysts():
+                    b = gw.budget_of(a)
+                    rows.append((a.name, a.role, a.epsilon, a.delta,
+                                 round(b["epsilon_spent"], 6), round(b["epsilon_remaining"], 6)))
+                print(format_table(["name", "role", "epsilon", "delta", "epsilon_spent",
+                                    "epsilon_remaining"], rows))
+        elif args.command == "budget":
+            print(json.dumps(gw.budget(args.name), indent=2))
+    return 0
+
+
+def describe_release(result: dict[str, Any]) -> str:
+    parts = [f"epsilon spent {result['epsilon_spent']:g}, delta spent {result['delta_spent']:g}"
+             + (" (cached answer: free)" if result.get("cached") else "")]
+    budget = result.get("budget") or {}
+    if budget:
+        parts.append(f"remaining epsilon {budget['epsilon_remaining']:.4g}, "
+                     f"delta {budget['delta_remaining']:.3g}")
+    for acc in result.get("accuracy", []):
+        ci = acc.get("ci95")
+        parts.append(f"{acc['column']}: {acc['mechanism']} noise, scale "
+                     f"{acc['noise_scale']:.4g}" + (f", 95% within ±{ci:.4g}" if ci else ""))
+    return "\n".join(parts)
+
+
+def format_table(names: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    cells = [[_fmt(v) for v in row] for row in rows]
+    widths = [max([len(n)] + [len(r[i]) for r in cells]) for i, n in enumerate(names)]
+    line = "-+-".join("-" * w for w in widths)
+    out = [" | ".join(n.ljust(w) for n, w in zip(names, widths, strict=True)), line]
+    for r in cells:
+        out.append(" | ".join(v.rjust(w) if _numeric(v) else v.ljust(w)
+                              for v, w in zip(r, widths, strict=True)))
+    out.append(f"({len(rows)} row{'s' if len(rows) != 1 else ''})")
+    return "\n".join(out)
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "NULL"
+    if isinstance(v, float):
+        return f"{v:.6g}" if abs(v) < 1e15 else f"{v:.6e}"
+    return str(v)
+
+
+def _numeric(s: str) -> bool:
+    try:
+        float(s)
+        return True
+    except ValueError:
+        return False
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,72 @@
+"""The executor seam: what the planner needs from an engine, and nothing more."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from sqlglot import exp
+
+
+@dataclass(frozen=True)
+class SourceTable:
+    """A table the policy declares, as the executor must expose it.
+
+    ``columns`` maps column name to the policy type; protected tables expose only
+    these (undeclared columns of the source are dropped at load).  ``row_id``
+    asks for a synthetic per-row unit column (row-level tables).
+    """
+
+    name: str
+    source: str
+    columns: dict[str, str] | None
+    row_id: str | None = None
+
+
+@dataclass(frozen=True)
+class ResultSet:
+    """Column-oriented result: names, engine type names and one sequence per column."""
+
+    names: tuple[str, ...]
+    types: tuple[str, ...]
+    columns: tuple[Sequence[Any], ...]
+
+    @property
+    def num_rows(self) -> int:
+        return len(self.columns[0]) if self.columns else 0
+
+    def rows(self) -> list[tuple[Any, ...]]:
+        return list(zip(*self.columns, strict=True)) if self.columns else []
+
+
+class Executor(Protocol):
+    """Runs trees the planner built; knows how to say a few things in its dialect."""
+
+    dialect: str
+
+    def execute(
+        self, tree: exp.Expression, params: Sequence[Any] = (), timeout_s: float | None = None
+    ) -> ResultSet: ...
+
+    def table_columns(self, table: str) -> dict[str, str]:
+        """Column name -> policy type of a loaded table (public tables, validation)."""
+        ...
+
+    def distinct_values(self, table: str, column: str, limit: int) -> list[Any] | None:
+        """Distinct non-NULL values of a *public* table column (None if more than limit)."""
+        ...
+
+    def keyed_hash(self, args: list[exp.Expression], salt: exp.Expression) -> exp.Expression:
+        """A keyed 64-bit hash of args, used to choose a unit's groups at random."""
+        ...
+
+    def guard(self, expr: exp.Expression) -> exp.Expression:
+        """Wrap a row-level expression so that no input value can make it raise."""
+        ...
+
+    def is_nan(self, expr: exp.Expression) -> exp.Expression:
+        """A predicate true when a float expression is NaN."""
+        ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,256 @@
+"""The embedded DuckDB executor.
+
+Sources are copied into an in-memory database at open (only the declared
+columns, cast to canonical types), and only then is the connection locked down:
+external access off, extension loading off, configuration locked.  So nothing a
+query says can read a file, reach the network or change a setting, and queries
+run on a private copy that no one else can modify under them.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import duckdb
+from sqlglot import exp
+
+from gateway.engine.base import ResultSet, SourceTable
+from gateway.errors import BackendError, PolicyError
+
+log = logging.getLogger(__name__)
+
+# policy type -> canonical DuckDB type a column is cast to at load.
+CANONICAL = {
+    "int": "BIGINT",
+    "float": "DOUBLE",
+    "text": "VARCHAR",
+    "bool": "BOOLEAN",
+    "date": "DATE",
+    "timestamp": "TIMESTAMP",
+}
+
+_INT_TYPES = {"TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT", "USMALLINT",
+              "UINTEGER", "UBIGINT", "UHUGEINT"}
+_FLOAT_TYPES = {"FLOAT", "DOUBLE", "REAL"}
+
+
+def policy_type(duck_type: str) -> str:
+    """Map a DuckDB type name to the policy's vocabulary ('unknown' if none fits)."""
+    t = duck_type.upper()
+    if t in _INT_TYPES:
+        return "int"
+    if t in _FLOAT_TYPES or t.startswith("DECIMAL"):
+        return "float"
+    if t == "VARCHAR" or t.startswith("VARCHAR"):
+        return "text"
+    if t == "BOOLEAN":
+        return "bool"
+    if t == "DATE":
+        return "date"
+    if t.startswith("TIMESTAMP"):
+        return "timestamp"
+    return "unknown"
+
+
+# Which source types may be read as which declared type.
+_COMPATIBLE = {
+    "int": {"int"},
+    "float": {"int", "float"},
+    "text": {"text"},
+    "bool": {"bool"},
+    "date": {"date", "timestamp"},
+    "timestamp": {"timestamp", "date"},
+}
+
+
+class DuckDBExecutor:
+    dialect = "duckdb"
+
+    def __init__(
+        self,
+        tables: Sequence[SourceTable],
+        *,
+        base: Path,
+        database: str | None = None,
+        memory_limit: str = "4GB",
+        threads: int = 2,
+        policy_path: str = "policy",
+    ) -> None:
+        self._policy_path = policy_path
+        config = {
+            "autoload_known_extensions": False,
+            "autoinstall_known_extensions": False,
+            "memory_limit": memory_limit,
+            "threads": threads,
+        }
+        self._con = duckdb.connect(":memory:", config=config)
+        self._types: dict[str, dict[str, str]] = {}
+        if database is not None:
+            if not Path(database).exists():
+                raise PolicyError(f"{policy_path}: engine.database: no such file {database}")
+            self._con.execute(f"ATTACH {_quote_literal(database)} AS src (READ_ONLY)")
+        for table in tables:
+            self._load(table, base, database is not None)
+        if database is not None:
+            self._con.execute("DETACH src")
+        # Lock down only after every source is loaded: from here on no statement
+        # can read or write a file, load an extension or change a setting.
+        self._con.execute("SET enable_external_access = false")
+        self._con.execute("SET lock_configuration = true")
+        self._lock = threading.Lock()
+
+    # -- loading ---------------------------------------------------------------
+
+    def _source_relation(self, table: SourceTable, base: Path, attached: bool) -> str:
+        src = table.source
+        lower = src.lower()
+        if lower.endswith((".parquet", ".csv", ".tsv", ".json", ".jsonl", ".ndjson")):
+            path = Path(src) if Path(src).is_absolute() else (base / src).resolve()
+            if not path.exists():
+                raise PolicyError(
+                    f"{self._policy_path}: tables.{table.name}.source: file {path} does not "
+                    f"exist; fix the path (relative paths resolve against the policy's folder)"
+                    f" or run `gateway sample-data`"
+                )
+            if lower.endswith(".parquet"):
+                return f"read_parquet({_quote_literal(str(path))})"
+            if lower.endswith((".json", ".jsonl", ".ndjson")):
+                return f"read_json_auto({_quote_literal(str(path))})"
+            return f"read_csv_auto({_quote_literal(str(path))}, header = true)"
+        if not attached:
+            raise PolicyError(
+                f"{self._policy_path}: tables.{table.name}.source: {src!r} is neither a "
+                f".parquet/.csv/.json file nor a table of an engine.database; give a file path "
+                f"or set engine.database to a DuckDB file"
+            )
+        return f"src.{_quote_ident(src)}"
+
+    def _load(self, table: SourceTable, base: Path, attached: bool) -> None:
+        relation = self._source_relation(table, base, attached)
+        try:
+            described = self._con.execute(f"DESCRIBE SELECT * FROM {relation}").fetchall()
+        except duckdb.Error as e:
+            raise PolicyError(
+                f"{self._policy_path}: tables.{table.name}.source: cannot read {table.source!r} "
+                f"({type(e).__name__}); check that it exists and is a valid file/table"
+            ) from None
+        found = {row[0].lower(): (row[0], policy_type(str(row[1]))) for row in described}
+        select: list[str] = []
+        types: dict[str, str] = {}
+        if table.columns is None:  # public table: take every column as it is
+            for real, ptype in found.values():
+                if ptype == "unknown":
+                    continue
+                select.append(f"CAST({_quote_ident(real)} AS {CANONICAL[ptype]}) AS "
+                              f"{_quote_ident(real)}")
+                types[real] = ptype
+        else:
+            for name, declared in table.columns.items():
+                hit = found.get(name.lower())
+                if hit is None:
+                    raise PolicyError(
+                        f"{self._policy_path}: tables.{table.name}.columns.{name}: the source "
+                        f"has no such column (it has: {', '.join(r for r, _ in found.values())});"
+                        f" fix the name or remove the column"
+                    )
+                real, actual = hit
+                if actual not in _COMPATIBLE[declared]:
+                    raise PolicyError(
+                        f"{self._policy_path}: tables.{table.name}.columns.{name}.type: declared "
+                        f"{declared} but the source column is {actual}; declare type: {actual}"
+                    )
+                select.append(f"CAST({_quote_ident(real)} AS {CANONICAL[declared]}) AS "
+                              f"{_quote_ident(name)}")
+                types[name] = declared
+        if table.row_id:
+            select.append(f"row_number() OVER () AS {_quote_ident(table.row_id)}")
+            types[table.row_id] = "int"
+        try:
+            self._con.execute(
+                f"CREATE TABLE {_quote_ident(table.name)} AS SELECT {', '.join(select)} "
+                f"FROM {relation}"
+            )
+        except duckdb.Error as e:
+            raise PolicyError(
+                f"{self._policy_path}: tables.{table.name}: loading the source failed "
+                f"({type(e).__name__}); check the declared column types"
+            ) from None
+        self._types[table.name] = types
+
+    # -- the Executor protocol ----------------------------------------------------
+
+    def table_columns(self, table: str) -> dict[str, str]:
+        return dict(self._types[table])
+
+    def distinct_values(self, table: str, column: str, limit: int) -> list[Any] | None:
+        sql = (
+            f"SELECT DISTINCT {_quote_ident(column)} FROM {_quote_ident(table)} "
+            f"WHERE {_quote_ident(column)} IS NOT NULL ORDER BY 1 LIMIT {int(limit) + 1}"
+        )
+        cur = self._con.cursor()
+        try:
+            values = [r[0] for r in cur.execute(sql).fetchall()]
+        finally:
+            cur.close()
+        return None if len(values) > limit else values
+
+    def execute(
+        self, tree: exp.Expression, params: Sequence[Any] = (), timeout_s: float | None = None
+    ) -> ResultSet:
+        sql = tree.sql(dialect="duckdb")
+        cur = self._con.cursor()
+        timer = None
+        if timeout_s is not None:
+            timer = threading.Timer(timeout_s, cur.interrupt)
+            timer.daemon = True
+            timer.start()
+        try:
+            res = cur.execute(sql, list(params))
+            desc = res.description or []
+            data = res.fetchnumpy()
+        except duckdb.InterruptException:
+            raise BackendError(
+                "the query ran longer than the time limit and was stopped",
+                hint="narrow it (fewer groups, a WHERE clause) or ask the operator to raise "
+                "limits.query_timeout_s",
+            ) from None
+        except duckdb.Error as e:
+            # The engine's own message may quote data values: log it for the
+            # operator, tell the analyst only that it failed.
+            log.error("engine error on planned query: %s: %s", type(e).__name__, e)
+            raise BackendError(
+                "the query engine failed to run the planned query; this is a bug in the "
+                "gateway if it repeats"
+            ) from None
+        finally:
+            if timer is not None:
+                timer.cancel()
+            cur.close()
+        names = tuple(d[0] for d in desc)
+        types = tuple(str(d[1]) for d in desc)
+        return ResultSet(names, types, tuple(data[n] for n in names))
+
+    def keyed_hash(self, args: list[exp.Expression], salt: exp.Expression) -> exp.Expression:
+        return exp.Anonymous(this="hash", expressions=[*args, salt])
+
+    def guard(self, expr: exp.Expression) -> exp.Expression:
+        return exp.Try(this=expr)
+
+    def is_nan(self, expr: exp.Expression) -> exp.Expression:
+        return exp.Anonymous(this="isnan", expressions=[expr])
+
+    def close(self) -> None:
+        with self._lock:
+            self._con.close()
+
+
+def _quote_ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _quote_literal(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"

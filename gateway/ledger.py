@@ -1,0 +1,441 @@
+"""The persistent privacy ledger (SQLite): analysts, charges, answers, audit.
+
+The one rule: a charge is committed before anything computed from data is
+released, atomically with the budget check, so concurrent requests — threads
+or processes — can never overspend.  ``BEGIN IMMEDIATE`` takes SQLite's write
+lock for the whole check-then-insert; WAL with ``synchronous=FULL`` makes a
+committed charge survive a crash.  A crash between charge and release loses
+budget, never privacy.  There are no refunds once data was touched.
+
+Budget checks compose exactly (Decimal basic composition) first, which is O(1)
+from running totals; only when that would not fit does the PLD accountant
+(tight, via dp-accounting) decide, from an in-memory accountant per scope that
+catches up with charges other processes committed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from gateway.errors import BudgetExceeded, InvalidRequest, LedgerUnavailable, NotFound
+from gateway.privacy.accountant import Accountant
+from gateway.privacy.events import PrivacyEvent, event_from_dict
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS analysts (
+  dataset TEXT NOT NULL, name TEXT NOT NULL, key_hash TEXT UNIQUE, role TEXT NOT NULL,
+  epsilon TEXT NOT NULL, delta TEXT NOT NULL, scram TEXT, created REAL NOT NULL,
+  PRIMARY KEY (dataset, name));
+CREATE TABLE IF NOT EXISTS charges (
+  id INTEGER PRIMARY KEY AUTOINCREMENT, dataset TEXT NOT NULL, analyst TEXT NOT NULL,
+  query_id TEXT NOT NULL, kind TEXT NOT NULL, sql TEXT, epsilon TEXT NOT NULL,
+  delta TEXT NOT NULL, events TEXT NOT NULL, created REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS charges_scope ON charges (dataset, analyst, id);
+CREATE TABLE IF NOT EXISTS totals (
+  scope TEXT PRIMARY KEY, epsilon TEXT NOT NULL, delta TEXT NOT NULL, n INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS answers (
+  key TEXT PRIMARY KEY, dataset TEXT NOT NULL, status TEXT NOT NULL, result TEXT,
+  created REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS idempotency (
+  analyst TEXT NOT NULL, key TEXT NOT NULL, dataset TEXT NOT NULL, status TEXT NOT NULL,
+  response TEXT, created REAL NOT NULL, PRIMARY KEY (dataset, analyst, key));
+CREATE TABLE IF NOT EXISTS audit (
+  id INTEGER PRIMARY KEY AUTOINCREMENT, ts REAL NOT NULL, dataset TEXT NOT NULL,
+  analyst TEXT, action TEXT NOT NULL, sql TEXT, epsilon TEXT, delta TEXT,
+  outcome TEXT NOT NULL, detail TEXT, query_id TEXT);
+CREATE INDEX IF NOT EXISTS audit_ts ON audit (dataset, ts);
+CREATE TABLE IF NOT EXISTS models (
+  id TEXT PRIMARY KEY, dataset TEXT NOT NULL, analyst TEXT NOT NULL, status TEXT NOT NULL,
+  progress REAL NOT NULL, spec TEXT NOT NULL, result TEXT, error TEXT, created REAL NOT NULL,
+  updated REAL NOT NULL);
+"""
+
+PENDING_STALE_S = 600.0
+
+
+def dec(x: float) -> Decimal:
+    """Exact decimal of a float's shortest repr: ten charges of 0.1 sum to exactly 1.0."""
+    return Decimal(repr(float(x)))
+
+
+@dataclass(frozen=True)
+class Analyst:
+    name: str
+    role: str
+    epsilon: float
+    delta: float
+    key_hash: str | None
+    scram: str | None
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == "admin"
+
+
+@dataclass(frozen=True)
+class Cost:
+    epsilon: float
+    delta: float
+    events: tuple[PrivacyEvent, ...]
+
+
+@dataclass(frozen=True)
+class Spent:
+    epsilon_total: float
+    delta_total: float
+    epsilon_spent: float
+    delta_spent: float
+    charges: int
+
+    @property
+    def epsilon_remaining(self) -> float:
+        return max(0.0, self.epsilon_total - self.epsilon_spent)
+
+    @property
+    def delta_remaining(self) -> float:
+        return max(0.0, self.delta_total - self.delta_spent)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"epsilon_total": self.epsilon_total, "delta_total": self.delta_total,
+                "epsilon_spent": self.epsilon_spent, "delta_spent": self.delta_spent,
+                "epsilon_remaining": self.epsilon_remaining,
+                "delta_remaining": self.delta_remaining, "charges": self.charges}
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """Outcome of reserve(): charged, or an answer someone already paid for."""
+
+    charged: bool
+    cached_result: str | None = None
+
+
+class _Scope:
+    """In-memory accountant for one scope, caught up to charge id ``seen``."""
+
+    def __init__(self) -> None:
+        self.accountant = Accountant()
+        self.seen = 0
+        self.lock = threading.Lock()
+
+
+class Ledger:
+    def __init__(self, path: Path, dataset: str, dataset_budget: tuple[float, float],
+                 default_analyst_budget: tuple[float, float]) -> None:
+        self.path = Path(path)
+        self.dataset = dataset
+        self.dataset_budget = dataset_budget
+        self.default_budget = default_analyst_budget
+        self._local = threading.local()
+        self._scopes: dict[str, _Scope] = {}
+        self._scope_lock = threading.Lock()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            con = self._con()
+            con.executescript(SCHEMA)
+        except (sqlite3.Error, OSError) as e:
+            raise LedgerUnavailable(f"cannot open the ledger at {self.path} ({e})") from None
+
+    # -- connections ------------------------------------------------------------
+
+    def _con(self) -> sqlite3.Connection:
+        con = getattr(self._local, "con", None)
+        if con is None:
+            con = sqlite3.connect(self.path, timeout=30.0, isolation_level=None,
+                                  check_same_thread=False)
+            con.execute("PRAGMA journal_mode=WAL")
+            con.execute("PRAGMA synchronous=FULL")
+            con.execute("PRAGMA busy_timeout=30000")
+            self._local.con = con
+        return con
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One IMMEDIATE transaction: the ledger's write lock for check-then-write."""
+        con = self._con()
+        try:
+            con.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as e:
+            raise LedgerUnavailable(f"the ledger is unavailable ({type(e).__name__})",
+                                    hint="retry later; nothing was charged") from None
+        try:
+            yield con
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        try:
+            con.execute("COMMIT")
+        except sqlite3.Error as e:
+            con.execute("ROLLBACK")
+            raise LedgerUnavailable(f"the ledger could not commit ({type(e).__name__})",
+                                    hint="retry later; nothing was charged") from None
+
+    def _read(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        try:
+            return self._con().execute(sql, args).fetchall()
+        except sqlite3.Error as e:
+            raise LedgerUnavailable(f"the ledger is unavailable ({type(e).__name__})") from None
+
+    def close(self) -> None:
+        con = getattr(self._local, "con", None)
+        if con is not None:
+            con.close()
+            self._local.con = None
+
+    # -- analysts ----------------------------------------------------------------
+
+    def add_analyst(self, name: str, key_hash: str | None, role: str, epsilon: float,
+                    delta: float, scram: str | None) -> None:
+        try:
+            with self._write() as con:
+                con.execute(
+                    "INSERT INTO analysts (dataset, name, key_hash, role, epsilon, delta, scram,"
+                    " created) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (self.dataset, name, key_hash, role, repr(float(epsilon)),
+                     repr(float(delta)), scram, time.time()))
+        except sqlite3.IntegrityError:
+            raise InvalidRequest(f"analyst {name!r} already exists",
+                                 hint="choose another name") from None
+
+    def set_key(self, name: str, key_hash: str, scram: str | None) -> None:
+        with self._write() as con:
+            con.execute("UPDATE analysts SET key_hash = ?, scram = ? WHERE dataset = ? AND "
+                        "name = ?", (key_hash, scram, self.dataset, name))
+
+    def ensure_analyst(self, name: str) -> Analyst:
+        """In-process callers are trusted: an unknown analyst gets the default budget."""
+        found = self.analyst(name)
+        if found is not None:
+            return found
+        try:
+            with self._write() as con:
+                con.execute(
+                    "INSERT OR IGNORE INTO analysts (dataset, name, key_hash, role, epsilon, "
+                    "delta, scram, created) VALUES (?, ?, NULL, 'analyst', ?, ?, NULL, ?)",
+                    (self.dataset, name, repr(self.default_budget[0]),
+                     repr(self.default_budget[1]), time.time()))
+        except sqlite3.Error as e:
+            raise LedgerUnavailable(f"the ledger is unavailable ({type(e).__name__})") from None
+        found = self.analyst(name)
+        assert found is not None
+        return found
+
+    def analyst(self, name: str) -> Analyst | None:
+        rows = self._read("SELECT name, role, epsilon, delta, key_hash, scram FROM analysts "
+                          "WHERE dataset = ? AND name = ?", (self.dataset, name))
+        return _analyst(rows[0]) if rows else None
+
+    def analyst_by_key_hash(self, key_hash: str) -> Analyst | None:
+        rows = self._read("SELECT name, role, epsilon, delta, key_hash, scram FROM analysts "
+                          "WHERE dataset = ? AND key_hash = ?", (self.dataset, key_hash))
+        return _analyst(rows[0]) if rows else None
+
+    def analysts(self) -> list[Analyst]:
+        rows = self._read("SELECT name, role, epsilon, delta, key_hash, scram FROM analysts "
+                          "WHERE dataset = ? ORDER BY name", (self.dataset,))
+        return [_analyst(r) for r in rows]
+
+    # -- budget --------------------------------------------------------------------
+
+    def _scope_names(self, analyst: str) -> tuple[str, str]:
+        return f"analyst:{self.dataset}:{analyst}", f"dataset:{self.dataset}"
+
+    def _catch_up(self, con: sqlite3.Connection, scope: str) -> _Scope:
+        with self._scope_lock:
+            state = self._scopes.setdefault(scope, _Scope())
+        with state.lock:
+            self._catch_up_locked(con, scope, state)
+        return state
+
+    def _catch_up_locked(self, con: sqlite3.Connection, scope: str, state: _Scope) -> None:
+        if scope.startswith("dataset:"):
+            rows = con.execute("SELECT id, events FROM charges WHERE dataset = ? AND id > ? "
+                               "ORDER BY id", (self.dataset, state.seen)).fetchall()
+        else:
+            analyst = scope.split(":", 2)[2]
+            rows = con.execute("SELECT id, events FROM charges WHERE dataset = ? AND "
+                               "analyst = ? AND id > ? ORDER BY id",
+                               (self.dataset, analyst, state.seen)).fetchall()
+        if rows:
+            events = [event_from_dict(e) for _, text in rows for e in json.loads(text)]
+            state.accountant.add(events)
+            state.seen = rows[-1][0]
+
+    def _totals(self, con: sqlite3.Connection, scope: str) -> tuple[Decimal, Decimal, int]:
+        row = con.execute("SELECT epsilon, delta, n FROM totals WHERE scope = ?",
+                          (scope,)).fetchone()
+        if row is None:
+            return Decimal(0), Decimal(0), 0
+        return Decimal(row[0]), Decimal(row[1]), int(row[2])
+
+    def _fits(self, con: sqlite3.Connection, scope: str, budget: tuple[float, float],
+              cost: Cost) -> bool:
+        eps, delta, _ = self._totals(con, scope)
+        if eps + dec(cost.epsilon) <= dec(budget[0]) and delta + dec(cost.delta) <= dec(budget[1]):
+            return True  # basic composition suffices: O(1)
+        if budget[1] <= 0:
+            return False
+        state = self._catch_up(con, scope)
+        return state.accountant.pld_epsilon(budget[1], cost.events) <= budget[0]
+
+    def reserve(self, analyst: Analyst, query_id: str, kind: str, sql: str, cost: Cost,
+                answer_key: str | None = None, wait_s: float = 120.0) -> Reservation:
+        """Charge ``cost`` atomically, unless an identical answer was already paid for."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            outcome = self._try_reserve(analyst, query_id, kind, sql, cost, answer_key)
+            if outcome is not None:
+                return outcome
+            if time.monotonic() > deadline:
+                raise LedgerUnavailable("an identical query is still running",
+                                        hint="retry in a moment; nothing was charged")
+            time.sleep(0.05)
+
+    def _try_reserve(self, analyst: Analyst, query_id: str, kind: str, sql: str, cost: Cost,
+                     answer_key: str | None) -> Reservation | None:
+        a_scope, d_scope = self._scope_names(analyst.name)
+        with self._write() as con:
+            if answer_key is not None:
+                row = con.execute("SELECT status, result, created FROM answers WHERE key = ?",
+                                  (answer_key,)).fetchone()
+                if row is not None:
+                    status, result, created = row
+                    if status == "done":
+                        return Reservation(False, result)
+                    if time.time() - created < PENDING_STALE_S:
+                        return None  # someone is computing it: wait, do not pay twice
+                    con.execute("DELETE FROM answers WHERE key = ?", (answer_key,))
+            if not self._fits(con, a_scope, (analyst.epsilon, analyst.delta), cost):
+                raise self._exceeded(con, a_scope, (analyst.epsilon, analyst.delta), cost,
+                                     f"analyst {analyst.name!r}")
+            if not self._fits(con, d_scope, self.dataset_budget, cost):
+                raise self._exceeded(con, d_scope, self.dataset_budget, cost,
+                                     f"dataset {self.dataset!r}")
+            con.execute(
+                "INSERT INTO charges (dataset, analyst, query_id, kind, sql, epsilon, delta, "
+                "events, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (self.dataset, analyst.name, query_id, kind, sql, repr(float(cost.epsilon)),
+                 repr(float(cost.delta)), json.dumps([e.to_dict() for e in cost.events]),
+                 time.time()))
+            for scope in (a_scope, d_scope):
+                eps, delta, n = self._totals(con, scope)
+                con.execute("INSERT OR REPLACE INTO totals (scope, epsilon, delta, n) VALUES "
+                            "(?, ?, ?, ?)", (scope, str(eps + dec(cost.epsilon)),
+                                             str(delta + dec(cost.delta)), n + 1))
+            if answer_key is not None:
+                con.execute("INSERT INTO answers (key, dataset, status, result, created) "
+                            "VALUES (?, ?, 'pending', NULL, ?)",
+                            (answer_key, self.dataset, time.time()))
+        return Reservation(True)
+
+    def _exceeded(self, con: sqlite3.Connection, scope: str, budget: tuple[float, float],
+                  cost: Cost, who: str) -> BudgetExceeded:
+        spent = self._spent(con, scope, budget)
+        return BudgetExceeded(
+            f"the privacy budget of {who} cannot afford this query: it costs epsilon="
+            f"{cost.epsilon:g}, delta={cost.delta:g}; remaining epsilon="
+            f"{spent.epsilon_remaining:.6g}, delta={spent.delta_remaining:.3g}",
+            hint="ask for a smaller epsilon, reuse an earlier answer (repeats are free), or "
+            "ask the operator for more budget")
+
+    def complete(self, answer_key: str, result: str) -> None:
+        with self._write() as con:
+            con.execute("UPDATE answers SET status = 'done', result = ? WHERE key = ?",
+                        (result, answer_key))
+
+    def abandon(self, answer_key: str) -> None:
+        """The charge stays (data may have been touched); only the pending mark goes."""
+        try:
+            with self._write() as con:
+                con.execute("DELETE FROM answers WHERE key = ? AND status = 'pending'",
+                            (answer_key,))
+        except LedgerUnavailable:
+            pass
+
+    def cached(self, answer_key: str) -> str | None:
+        rows = self._read("SELECT result FROM answers WHERE key = ? AND status = 'done'",
+                          (answer_key,))
+        return rows[0][0] if rows else None
+
+    def _spent(self, con: sqlite3.Connection, scope: str, budget: tuple[float, float]) -> Spent:
+        eps, delta, n = self._totals(con, scope)
+        basic = (float(eps), float(delta))
+        best = basic if delta <= dec(budget[1]) else (math.inf, math.inf)
+        if budget[1] > 0 and n:
+            state = self._catch_up(con, scope)
+            pld = state.accountant.pld_epsilon(budget[1])
+            if pld < best[0]:
+                best = (pld, budget[1])
+        if not math.isfinite(best[0]):
+            best = basic
+        return Spent(budget[0], budget[1], best[0], best[1], n)
+
+    def spent(self, analyst: Analyst) -> tuple[Spent, Spent]:
+        a_scope, d_scope = self._scope_names(analyst.name)
+        con = self._con()
+        return (self._spent(con, a_scope, (analyst.epsilon, analyst.delta)),
+                self._spent(con, d_scope, self.dataset_budget))
+
+    def charges(self, analyst: str | None = None) -> list[dict[str, Any]]:
+        sql = ("SELECT id, analyst, query_id, kind, epsilon, delta, created FROM charges "
+               "WHERE dataset = ?")
+        args: list[Any] = [self.dataset]
+        if analyst is not None:
+            sql += " AND analyst = ?"
+            args.append(analyst)
+        rows = self._read(sql + " ORDER BY id", args)
+        return [{"id": r[0], "analyst": r[1], "query_id": r[2], "kind": r[3],
+                 "epsilon": float(r[4]), "delta": float(r[5]), "created": r[6]} for r in rows]
+
+    # -- audit ---------------------------------------------------------------------
+
+    def audit(self, analyst: str | None, action: str, sql: str | None, epsilon: float,
+              delta: float, outcome: str, detail: str | None = None,
+              query_id: str | None = None) -> None:
+        try:
+            with self._write() as con:
+                con.execute(
+                    "INSERT INTO audit (ts, dataset, analyst, action, sql, epsilon, delta, "
+                    "outcome, detail, query_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (time.time(), self.dataset, analyst, action, sql, repr(float(epsilon)),
+                     repr(float(delta)), outcome, detail, query_id))
+        except LedgerUnavailable:
+            pass  # the charge, not the audit line, is what protects privacy
+
+    def audit_log(self, analyst: str | None = None, since: float | None = None,
+                  until: float | None = None, limit: int = 100, offset: int = 0
+                  ) -> list[dict[str, Any]]:
+        sql = ("SELECT id, ts, analyst, action, sql, epsilon, delta, outcome, detail, query_id "
+               "FROM audit WHERE dataset = ?")
+        args: list[Any] = [self.dataset]
+        for cond, value in (("analyst = ?", analyst), ("ts >= ?", since), ("ts <= ?", until)):
+            if value is not None:
+                sql += f" AND {cond}"
+                args.append(value)
+        sql += " ORDER BY id LIMIT ? OFFSET ?"
+        args += [int(limit), int(offset)]
+        return [{"id": r[0], "ts": r[1], "analyst": r[2], "action": r[3], "sql": r[4],
+                 "epsilon": float(r[5]) if r[5] is not None else 0.0,
+                 "delta": float(r[6]) if r[6] is not None else 0.0, "outcome": r[7],
+                 "detail": r[8], "query_id": r[9]} for r in self._read(sql, args)]
+
+    def require_analyst(self, name: str) -> Analyst:
+        found = self.analyst(name)
+        if found is None:
+            raise NotFound(f"no analyst named {name!r}",
+                           hint="create one with `gateway analyst add NAME`")
+        return found
+
+
+def _analyst(row: tuple[Any, ...]) -> Analyst:
+    return Analyst(row[0], row[1], float(row[2]), float(row[3]), row[4], row[5])

@@ -1,0 +1,162 @@
+"""Pass 6: from the engine's exact bounded sums to the noisy result table.
+
+Groups are first fixed without looking at values: every key of a public domain
+(empty ones included), or the keys DP partition selection keeps.  Then every
+statistic gets integer noise on its grid, and the aggregates are computed from
+the noisy statistics only (AVG = mid + noisy Σ(v − mid) / noisy count, ...).
+Clamping a noisy COUNT at 0 or an AVG into the column's bounds is
+post-processing: it only moves answers towards the truth's possible range.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from gateway.calibrate import Calibration, StatNoise
+from gateway.engine.base import ResultSet
+from gateway.privacy.partition_selection import select_partitions
+from gateway.privacy.random import RandomSource
+from gateway.privacy.samplers import discrete_laplace, rounded_gaussian, rounded_laplace
+from gateway.sql.plan import AggSpec, Plan
+
+
+@dataclass(frozen=True)
+class NoisyTable:
+    """The released statistics: group keys and aggregate values, nothing exact."""
+
+    key_names: tuple[str, ...]
+    agg_names: tuple[str, ...]
+    keys: list[tuple[Any, ...]]
+    values: dict[str, np.ndarray]  # aggregate name -> value per group
+    ci95: dict[str, np.ndarray]  # aggregate name -> 95% half-width per group
+
+
+def perturb(plan: Plan, cal: Calibration, result: ResultSet, rng: RandomSource) -> NoisyTable:
+    columns = {n: c for n, c in zip(result.names, result.columns, strict=True)}
+    n_rows = result.num_rows
+    key_cols = [_python_values(columns[k.name]) for k in plan.keys]
+    engine_keys = list(zip(*key_cols, strict=True)) if plan.keys else [()] * n_rows
+    stat_arrays = {s.name: np.asarray(columns[s.name], dtype=np.float64) for s in plan.stats}
+
+    if not plan.keys:
+        groups: list[tuple[Any, ...]] = [()]
+        index = [0] if n_rows else [-1]
+    elif not plan.partition_selection:
+        domains = [k.domain or () for k in plan.keys]
+        groups = list(itertools.product(*domains))
+        position = {key: i for i, key in enumerate(engine_keys)}
+        index = [position.get(g, -1) for g in groups]
+    else:
+        keep = _keep_in_domain(plan, engine_keys)
+        units = np.asarray(columns["__dp_units"], dtype=np.int64)[keep]
+        assert cal.partition is not None
+        chosen = select_partitions(units, cal.partition.epsilon, cal.partition.delta,
+                                   cal.partition.max_partitions, rng)
+        rows = np.flatnonzero(keep)[chosen]
+        groups = [engine_keys[i] for i in rows]
+        index = list(rows)
+
+    idx = np.asarray(index, dtype=np.int64)
+    present = idx >= 0
+    exact_units: dict[str, np.ndarray] = {}
+    for s in plan.stats:
+        true = np.zeros(len(groups), dtype=np.float64)
+        true[present] = stat_arrays[s.name][idx[present]] if n_rows else 0.0
+        exact_units[s.name] = true
+    noisy = {s.name: _add_noise(exact_units[s.name], cal.stats[s.name], rng) for s in plan.stats}
+    values: dict[str, np.ndarray] = {}
+    ci: dict[str, np.ndarray] = {}
+    for agg in plan.aggs:
+        values[agg.name], ci[agg.name] = _aggregate(agg, noisy, cal.stats)
+    return NoisyTable(tuple(k.name for k in plan.keys), tuple(a.name for a in plan.aggs),
+                      groups, values, ci)
+
+
+def _python_values(col: Sequence[Any]) -> list[Any]:
+    out = []
+    for v in col:
+        if isinstance(v, np.generic):
+            v = v.item()
+        if v is np.ma.masked:
+            v = None
+        out.append(v)
+    if isinstance(col, np.ma.MaskedArray):
+        mask = np.ma.getmaskarray(col)
+        out = [None if m else v for v, m in zip(out, mask, strict=True)]
+    return out
+
+
+def _keep_in_domain(plan: Plan, engine_keys: list[tuple[Any, ...]]) -> np.ndarray:
+    """Rows whose public-domain key parts are in their domains."""
+    keep = np.ones(len(engine_keys), dtype=bool)
+    for j, k in enumerate(plan.keys):
+        if k.domain is None:
+            continue
+        allowed = set(k.domain)
+        for i, key in enumerate(engine_keys):
+            if keep[i] and key[j] not in allowed:
+                keep[i] = False
+    return keep
+
+
+def _add_noise(exact: np.ndarray, noise: StatNoise, rng: RandomSource) -> np.ndarray:
+    """Exact sums (grid units) + integer noise, back in value units."""
+    n = len(exact)
+    if noise.kind == "none" or n == 0:
+        return exact * noise.grid.step
+    if noise.kind == "discrete_laplace":
+        k = discrete_laplace(noise.scale, n, rng)
+    elif noise.kind == "laplace":
+        k = rounded_laplace(noise.scale, 1.0, n, rng)
+    else:
+        k = rounded_gaussian(noise.scale, 1.0, n, rng)
+    return (exact + k.astype(np.float64)) * noise.grid.step
+
+
+def _aggregate(agg: AggSpec, noisy: dict[str, np.ndarray], noise: dict[str, StatNoise]
+               ) -> tuple[np.ndarray, np.ndarray]:
+    if agg.func in ("count", "count_units"):
+        s = agg.stats[0]
+        v = np.maximum(noisy[s], 0.0)
+        return np.rint(v), np.full(len(v), noise[s].ci95)
+    if agg.func == "sum":
+        s = agg.stats[0]
+        v = noisy[s]
+        if agg.lo >= 0:
+            v = np.maximum(v, 0.0)
+        if agg.hi <= 0:
+            v = np.minimum(v, 0.0)
+        if agg.integral:
+            v = np.rint(v)
+        return v, np.full(len(v), noise[s].ci95)
+    mid, half = (agg.lo + agg.hi) / 2.0, (agg.hi - agg.lo) / 2.0
+    n_raw = noisy[agg.stats[0]]
+    n = np.maximum(n_raw, 1.0)
+    s1 = noisy[agg.stats[1]]
+    mean_c = np.clip(s1 / n, -half, half)
+    # Delta method on mid + S1/N with independent noise on S1 and N, evaluated at
+    # the noisy values (post-processing; never at the true ones).
+    sd_n = noise[agg.stats[0]].ci95 / 1.959964
+    sd_s1 = noise[agg.stats[1]].ci95 / 1.959964
+    mean_ci = 1.959964 * np.sqrt((sd_s1 / n) ** 2 + (mean_c * sd_n / n) ** 2)
+    if agg.func == "avg":
+        return mid + mean_c, np.minimum(mean_ci, half)
+    s2 = noisy[agg.stats[2]]
+    var = np.clip(s2 / n - mean_c**2, 0.0, half * half)
+    if agg.func in ("var_samp", "stddev_samp"):
+        var = np.where(n > 1.0, var * n / np.maximum(n - 1.0, 1.0), var)
+        var = np.minimum(var, half * half * 2.0)
+    sd_s2 = noise[agg.stats[2]].ci95 / 1.959964
+    var_ci = 1.959964 * np.sqrt((sd_s2 / n) ** 2 + (2 * mean_c * sd_s1 / n) ** 2
+                                + ((s2 / n) * sd_n / n) ** 2)
+    if agg.func.startswith("stddev"):
+        sd = np.sqrt(var)
+        sd_ci = np.where(sd > 0, var_ci / (2 * np.maximum(sd, 1e-12)), np.sqrt(var_ci))
+        return sd, np.minimum(sd_ci, half * math.sqrt(2))
+    return var, np.minimum(var_ci, half * half * 2)

@@ -1,0 +1,108 @@
+"""Pass 8: run the analyst's SELECT list, HAVING, ORDER BY and LIMIT on the
+noisy table, in a scratch DuckDB that holds nothing but that table.
+
+Post-processing of a DP release is free (DESIGN §2), and running it here rather
+than in the engine is what makes sure HAVING and ORDER BY can only ever see
+noisy values.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import duckdb
+import numpy as np
+import pandas as pd
+from sqlglot import exp
+
+from gateway.engine.duckdb import policy_type
+from gateway.errors import BackendError
+from gateway.perturb import NoisyTable
+from gateway.sql.plan import Plan
+from gateway.sql.postprocess_plan import NOISY_TABLE
+
+INTEGER_AGGS = {"count", "count_units"}
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    type: str
+
+
+class PostProcessor:
+    def __init__(self) -> None:
+        self._con = duckdb.connect(":memory:", config={
+            "autoload_known_extensions": False, "autoinstall_known_extensions": False,
+            "threads": 1, "memory_limit": "1GB"})
+        self._con.execute("SET enable_external_access = false")
+        self._con.execute("SET lock_configuration = true")
+        self._lock = threading.Lock()
+
+    def run(self, plan: Plan, table: NoisyTable) -> tuple[list[Column], list[tuple[Any, ...]]]:
+        frame = to_frame(plan, table)
+        sql = plan.post.sql(dialect="duckdb")
+        with self._lock:
+            cur = self._con.cursor()
+        try:
+            cur.register(NOISY_TABLE, frame)
+            res = cur.execute(sql)
+            desc = res.description or []
+            rows = res.fetchall()
+        except duckdb.Error as e:
+            raise BackendError(
+                "post-processing of the noisy result failed",
+                hint=f"check the arithmetic in SELECT/HAVING/ORDER BY ({type(e).__name__})",
+            ) from None
+        finally:
+            cur.close()
+        columns = [Column(d[0], policy_type(str(d[1]))) for d in desc]
+        return columns, [tuple(_clean(v) for v in row) for row in rows]
+
+    def run_public(self, rows: list[tuple[Any, ...]], names: list[str], types: list[str]
+                   ) -> tuple[list[Column], list[tuple[Any, ...]]]:
+        return ([Column(n, policy_type(t)) for n, t in zip(names, types, strict=True)],
+                [tuple(_clean(v) for v in row) for row in rows])
+
+    def close(self) -> None:
+        self._con.close()
+
+
+def to_frame(plan: Plan, table: NoisyTable) -> pd.DataFrame:
+    data: dict[str, Any] = {}
+    for j, key in enumerate(plan.keys):
+        data[key.name] = pd.Series([g[j] for g in table.keys], dtype=object)
+    for agg in plan.aggs:
+        v = table.values[agg.name]
+        if agg.func in INTEGER_AGGS or (agg.func == "sum" and agg.integral):
+            data[agg.name] = v.astype(np.int64)
+        else:
+            data[agg.name] = v.astype(np.float64)
+    frame = pd.DataFrame(data, index=range(len(table.keys)))
+    for key in plan.keys:
+        frame[key.name] = frame[key.name].infer_objects()
+    return frame
+
+
+def _clean(v: Any) -> Any:
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    return v
+
+
+def select_targets(post: exp.Select) -> list[str | None]:
+    """For each output column, the aggregate column it is exactly (or None)."""
+    out: list[str | None] = []
+    for item in post.expressions:
+        inner = item.this if isinstance(item, exp.Alias) else item
+        inner = inner.unnest()
+        while isinstance(inner, exp.Cast | exp.TryCast | exp.Round):
+            inner = inner.this.unnest()
+        if isinstance(inner, exp.Column) and inner.name.startswith("__dp_a"):
+            out.append(inner.name)
+        else:
+            out.append(None)
+    return out

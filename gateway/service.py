@@ -1,0 +1,350 @@
+"""The Gateway: the one core every adapter (HTTP, pgwire, CLI, client) calls.
+
+A query goes through small passes, in this order:
+
+    parse -> validate -> analyze -> calibrate -> rewrite -> reserve (charge)
+          -> execute -> perturb -> store answer -> post-process -> release
+
+Nothing computed from data exists before the charge is committed, and the
+charge depends only on the SQL, the policy and the requested ε/δ.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import secrets
+import threading
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sqlglot import exp
+
+from gateway import auth
+from gateway.calibrate import Calibration, calibrate, check_budget_request
+from gateway.engine import SourceTable, open_executor
+from gateway.errors import AuthError, GatewayError, InvalidRequest, QueryRejected
+from gateway.ledger import Analyst, Cost, Ledger
+from gateway.perturb import perturb
+from gateway.policy import Policy, load_policy
+from gateway.postprocess import PostProcessor, select_targets
+from gateway.privacy.partition_selection import threshold_summary
+from gateway.privacy.random import RandomSource, SecureRandom
+from gateway.results import Accuracy, Explanation, QueryResult, decode_table, encode_table
+from gateway.sql.analyze import ROW_ID, Context, analyze
+from gateway.sql.domains import DomainFinder
+from gateway.sql.parse import parse
+from gateway.sql.plan import Plan
+from gateway.sql.rewrite import rewrite
+from gateway.sql.validate import validate
+
+log = logging.getLogger(__name__)
+
+DEFAULT_STATE = Path(".gateway/state.db")
+LOCAL_ANALYST = "local"
+
+
+class Gateway:
+    """A policy, its data, its ledger: answers DP queries for analysts."""
+
+    def __init__(self, policy: Policy, state: Path, rng: RandomSource | None = None) -> None:
+        self.policy = policy
+        self._rng: RandomSource = rng if rng is not None else SecureRandom()
+        model = policy.model
+        sources = [
+            SourceTable(name, spec.source, None if spec.public else
+                        {c: s.type for c, s in spec.columns.items()},
+                        ROW_ID if spec.is_row_level else None)
+            for name, spec in model.tables.items()
+        ]
+        self.executor = open_executor(policy, sources)
+        self.domains = DomainFinder(self.executor.distinct_values, model.limits.max_groups)
+        self._check_public_refs()
+        self.post = PostProcessor()
+        self.ledger = Ledger(state, policy.dataset,
+                             (model.budget.dataset.epsilon, model.budget.dataset.delta),
+                             (model.budget.per_analyst.epsilon, model.budget.per_analyst.delta))
+        self._context = Context(policy, self.executor.table_columns, self.domains,
+                                self.executor.is_nan)
+        self._tables = {name.lower() for name in model.tables}
+        self._closed = threading.Event()
+
+    @classmethod
+    def open(cls, policy: str | Path, state: str | Path | None = None, *,
+             rng: RandomSource | None = None) -> Gateway:
+        pol = load_policy(policy)
+        if state is None:
+            state = os.environ.get("GATEWAY_STATE", DEFAULT_STATE)
+        return cls(pol, Path(state), rng)
+
+    def _check_public_refs(self) -> None:
+        for tname, table in self.policy.tables.items():
+            for cname, col in table.columns.items():
+                if col.public_values_from is None:
+                    continue
+                other, _, ocol = col.public_values_from.partition(".")
+                other = self.policy.canonical_table_name(other) or other
+                if ocol.lower() not in {c.lower() for c in self.executor.table_columns(other)}:
+                    raise self.policy.error(
+                        f"tables.{tname}.columns.{cname}.public_values_from",
+                        f"public table {other!r} has no column {ocol!r}; fix the reference")
+
+    def close(self) -> None:
+        if self._closed.is_set():
+            return
+        self._closed.set()
+        self.ledger.close()
+        self.post.close()
+        self.domains.close()
+        self.executor.close()
+
+    def __enter__(self) -> Gateway:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- planning -----------------------------------------------------------------
+
+    def plan(self, sql: str, *, dialect: str = "duckdb") -> Plan:
+        """Parse, validate and analyze: a Plan or a QueryRejected, touching no data."""
+        limits = self.policy.model.limits
+        tree = parse(sql, max_length=limits.max_sql_length, dialect=dialect)
+        tree = validate(tree, sql, self._tables)
+        return analyze(tree, sql, self._context)
+
+    def _request(self, epsilon: float | None, delta: float | None, mechanism: str | None
+                 ) -> tuple[float, float, str]:
+        d = self.policy.model.defaults
+        eps = d.epsilon if epsilon is None else epsilon
+        mech = (mechanism or d.mechanism).lower()
+        dlt = (d.delta if delta is None else delta)
+        if mech == "gaussian" and delta is None and dlt == 0:
+            dlt = self.policy.model.budget.per_analyst.delta or 1e-6
+        limits = self.policy.model.limits
+        check_budget_request(eps, dlt, mech, min_epsilon=limits.min_epsilon_per_query,
+                             max_epsilon=limits.max_epsilon_per_query)
+        return float(eps), float(dlt), mech
+
+    # -- queries --------------------------------------------------------------------
+
+    def query(self, sql: str, analyst: str | None = None, epsilon: float | None = None,
+              delta: float | None = None, mechanism: str | None = None, *,
+              dialect: str = "duckdb") -> QueryResult:
+        who = self.ledger.ensure_analyst(analyst or LOCAL_ANALYST)
+        return self.query_as(who, sql, epsilon, delta, mechanism, dialect=dialect)
+
+    def query_as(self, who: Analyst, sql: str, epsilon: float | None = None,
+                 delta: float | None = None, mechanism: str | None = None, *,
+                 dialect: str = "duckdb") -> QueryResult:
+        """Answer ``sql`` for an authenticated analyst (adapters call this)."""
+        query_id = uuid.uuid4().hex
+        eps = float(epsilon) if isinstance(epsilon, int | float) else 0.0
+        try:
+            eps, dlt, mech = self._request(epsilon, delta, mechanism)
+            plan = self.plan(sql, dialect=dialect)
+            if plan.public_query is not None:
+                result = self._public(plan, query_id, who)
+            else:
+                cal = calibrate(plan, eps, dlt, mech)
+                result = self._release(plan, cal, who, query_id)
+        except GatewayError as e:
+            self.ledger.audit(who.name, "query", sql, 0.0, 0.0, e.code, e.message, query_id)
+            raise
+        self.ledger.audit(who.name, "query", sql, result.epsilon_spent, result.delta_spent,
+                          "cached" if result.cached else "ok", None, query_id)
+        return result
+
+    def _public(self, plan: Plan, query_id: str, who: Analyst) -> QueryResult:
+        assert plan.public_query is not None
+        res = self.executor.execute(plan.public_query, (),
+                                    self.policy.model.limits.query_timeout_s)
+        columns, rows = self.post.run_public(res.rows(), list(res.names), list(res.types))
+        return QueryResult(query_id, columns, rows, 0.0, 0.0, [], False,
+                           self._remaining(who))
+
+    def _release(self, plan: Plan, cal: Calibration, who: Analyst, query_id: str
+                 ) -> QueryResult:
+        tree = rewrite(plan, cal.grids, self.executor)
+        rewritten = tree.sql(dialect=self.executor.dialect)
+        answer_key = hashlib.sha256("\x00".join(
+            [self.policy.version, rewritten, cal.fingerprint()]).encode()).hexdigest()
+        cost = Cost(cal.epsilon, cal.delta, cal.events)
+        reservation = self.ledger.reserve(who, query_id, "query", plan.sql, cost, answer_key)
+        if reservation.charged:
+            try:
+                # A fresh secret salt per execution for the keyed hash that picks
+                # each unit's groups (only present when groups must be chosen).
+                params = [secrets.randbits(62) for _ in tree.find_all(exp.Placeholder)]
+                result = self.executor.execute(tree, params,
+                                               self.policy.model.limits.query_timeout_s)
+                table = perturb(plan, cal, result, self._rng)
+                self.ledger.complete(answer_key, encode_table(table))
+            except BaseException:
+                self.ledger.abandon(answer_key)
+                raise
+        else:
+            assert reservation.cached_result is not None
+            table = decode_table(reservation.cached_result)
+        columns, rows = self.post.run(plan, table)
+        accuracy = self._accuracy(plan, cal, table, [c.name for c in columns])
+        spent = (cal.epsilon, cal.delta) if reservation.charged else (0.0, 0.0)
+        return QueryResult(query_id, columns, rows, spent[0], spent[1], accuracy,
+                           not reservation.charged, self._remaining(who))
+
+    def _accuracy(self, plan: Plan, cal: Calibration, table: Any, names: list[str]
+                  ) -> list[Accuracy]:
+        out = []
+        aggs = {a.name: a for a in plan.aggs}
+        for name, target in zip(names, select_targets(plan.post), strict=True):
+            if target is None or target not in aggs:
+                continue
+            agg = aggs[target]
+            main = cal.stats[agg.stats[0] if len(agg.stats) == 1 else agg.stats[1]]
+            ci = table.ci95.get(target)
+            ci95 = float(np.median(ci)) if ci is not None and len(ci) else main.ci95
+            out.append(Accuracy(name, main.kind, main.value_scale, ci95))
+        return out
+
+    def explain(self, sql: str, epsilon: float | None = None, delta: float | None = None,
+                mechanism: str | None = None, *, dialect: str = "duckdb") -> Explanation:
+        eps, dlt, mech = self._request(epsilon, delta, mechanism)
+        plan = self.plan(sql, dialect=dialect)
+        if plan.public_query is not None:
+            return Explanation(plan.public_query.sql(dialect=self.executor.dialect), [], None,
+                               0.0, 0.0, [])
+        cal = calibrate(plan, eps, dlt, mech)
+        tree = rewrite(plan, cal.grids, self.executor)
+        aggregates = []
+        for agg in plan.aggs:
+            stats = []
+            for name in agg.stats:
+                spec = next(s for s in plan.stats if s.name == name)
+                noise = cal.stats[name]
+                l1, l2 = spec.sensitivity(plan.max_rows, plan.max_groups)
+                stats.append({"statistic": name, "kind": spec.kind, "moment": spec.power,
+                              "bounds": [spec.lo, spec.hi], "sensitivity_l1": l1,
+                              "sensitivity_l2": l2, "mechanism": noise.kind,
+                              "epsilon": noise.epsilon, "noise_scale": noise.value_scale,
+                              "grid": noise.grid.step, "ci95": noise.ci95})
+            aggregates.append({"aggregate": agg.label, "function": agg.func,
+                               "bounds": [agg.lo, agg.hi], "statistics": stats})
+        ps = None
+        if cal.partition is not None:
+            p = cal.partition
+            ps = {"mechanism": "truncated_geometric (Desfontaines et al. 2022)",
+                  "epsilon": p.epsilon, "delta": p.delta, "max_partitions": p.max_partitions,
+                  **threshold_summary(p.epsilon, p.delta, p.max_partitions)}
+        keys = [{"key": k.expr.sql(dialect="duckdb"),
+                 "public_domain_size": None if k.domain is None else len(k.domain)}
+                for k in plan.keys]
+        accuracy = []
+        aggs = {a.name: a for a in plan.aggs}
+        for item, target in zip(plan.post.expressions, select_targets(plan.post), strict=True):
+            if target is None:
+                continue
+            agg = aggs[target]
+            noise = cal.stats[agg.stats[0] if len(agg.stats) == 1 else agg.stats[1]]
+            ratio = agg.func not in ("count", "count_units", "sum")
+            accuracy.append(Accuracy(item.alias_or_name, noise.kind, noise.value_scale,
+                                     None if ratio else noise.ci95))
+        return Explanation(tree.sql(dialect=self.executor.dialect, pretty=True), aggregates, ps,
+                           cal.epsilon, cal.delta, accuracy, keys)
+
+    # -- analysts and budgets ---------------------------------------------------------
+
+    def add_analyst(self, name: str, epsilon: float | None = None, delta: float | None = None,
+                    admin: bool = False) -> str:
+        """Create an analyst and return their API key (only its hash is stored)."""
+        if not name or len(name) > 64 or not all(c.isalnum() or c in "_-." for c in name):
+            raise InvalidRequest(f"invalid analyst name {name!r}",
+                                 hint="use letters, digits, '_', '-' or '.' (at most 64)")
+        d = self.policy.model.budget.per_analyst
+        eps = d.epsilon if epsilon is None else float(epsilon)
+        dlt = d.delta if delta is None else float(delta)
+        check_budget_request(eps, dlt, "laplace", min_epsilon=0.0, max_epsilon=None)
+        key = auth.new_key()
+        self.ledger.add_analyst(name, auth.hash_key(key), "admin" if admin else "analyst",
+                                eps, dlt, auth.scram_verifier(key).encode())
+        return key
+
+    def authenticate(self, key: str | None) -> Analyst:
+        if not key:
+            raise AuthError("no API key was given", hint="send Authorization: Bearer <key>")
+        digest = auth.hash_key(key)
+        who = self.ledger.analyst_by_key_hash(digest)
+        if who is None or who.key_hash is None or not auth.same_hash(who.key_hash, digest):
+            raise AuthError("the API key is not valid",
+                            hint="create one with `gateway analyst add NAME`")
+        return who
+
+    def analysts(self) -> list[Analyst]:
+        return self.ledger.analysts()
+
+    def analyst(self, name: str) -> Analyst:
+        return self.ledger.require_analyst(name)
+
+    def _remaining(self, who: Analyst) -> dict[str, float]:
+        mine, _ = self.ledger.spent(who)
+        return {"epsilon_remaining": mine.epsilon_remaining,
+                "delta_remaining": mine.delta_remaining}
+
+    def budget(self, analyst: str | None = None) -> dict[str, Any]:
+        who = self.ledger.ensure_analyst(analyst or LOCAL_ANALYST)
+        return self.budget_of(who)
+
+    def budget_of(self, who: Analyst) -> dict[str, Any]:
+        mine, dataset = self.ledger.spent(who)
+        return {"analyst": who.name, **mine.to_dict(), "dataset": dataset.to_dict()}
+
+    def audit(self, analyst: str | None = None, since: float | None = None,
+              until: float | None = None, limit: int = 100, offset: int = 0
+              ) -> list[dict[str, Any]]:
+        return self.ledger.audit_log(analyst, since, until, limit, offset)
+
+    # -- public metadata ------------------------------------------------------------------
+
+    def schema(self) -> dict[str, Any]:
+        """Everything an analyst may know about the data: the policy's public part."""
+        tables = {}
+        for name, spec in self.policy.tables.items():
+            if spec.public:
+                cols = [{"name": c, "type": t}
+                        for c, t in self.executor.table_columns(name).items()]
+                tables[name] = {"public": True, "columns": cols}
+                continue
+            cols = []
+            for cname, c in spec.columns.items():
+                entry: dict[str, Any] = {"name": cname, "type": c.type}
+                if c.role:
+                    entry["role"] = c.role
+                if c.bounds is not None:
+                    entry["bounds"] = [_plain(b) for b in c.bounds]
+                if c.public_values is not None:
+                    entry["public_values"] = [_plain(v) for v in c.public_values]
+                if c.public_values_from is not None:
+                    t, _, k = c.public_values_from.partition(".")
+                    values = self.executor.distinct_values(
+                        self.policy.canonical_table_name(t) or t, k,
+                        self.policy.model.limits.max_groups)
+                    entry["public_values_from"] = c.public_values_from
+                    entry["public_values"] = [_plain(v) for v in values or []]
+                cols.append(entry)
+            tables[name] = {"public": False, "privacy_unit": spec.privacy_unit,
+                            "max_rows_per_unit": spec.max_rows_per_unit,
+                            "max_groups_per_unit": spec.max_groups_per_unit, "columns": cols}
+        return {"dataset": self.policy.dataset, "policy_version": self.policy.version,
+                "tables": tables}
+
+
+def _plain(v: Any) -> Any:
+    if hasattr(v, "isoformat"):
+        return v.isoformat()
+    return v
+
+
+def reject_reason(e: QueryRejected) -> str:
+    return e.detail

@@ -1,0 +1,142 @@
+"""Public domains of GROUP BY keys.
+
+A key whose possible values follow from public metadata alone is released for
+every value of its domain, empty groups included (a noisy zero), with no
+partition selection and no δ.  A column's domain is public when the policy
+lists its values (``public_values``, ``public_values_from`` a public table), when
+it is a boolean, or when it is an int or date column whose bounds span few
+values; a column of a public table has the public table's values.  A key
+*expression* over such columns has the domain obtained by evaluating the
+expression on every combination of its columns' values, done here on a scratch
+in-memory DuckDB that holds nothing but those public values.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import duckdb
+from sqlglot import exp
+
+from gateway.sql.scope import ColInfo, Scope
+
+CANONICAL = {"int": "BIGINT", "float": "DOUBLE", "text": "VARCHAR", "bool": "BOOLEAN",
+             "date": "DATE", "timestamp": "TIMESTAMP"}
+
+DistinctValues = Callable[[str, str, int], list[Any] | None]
+
+
+class DomainFinder:
+    """Computes key domains; one per Gateway, thread-safe, caching public values."""
+
+    def __init__(self, distinct_values: DistinctValues, limit: int) -> None:
+        self._distinct = distinct_values
+        self.limit = limit
+        self._cache: dict[tuple[str, str], list[Any] | None] = {}
+        self._lock = threading.Lock()
+        self._scratch = duckdb.connect(":memory:", config={
+            "autoload_known_extensions": False, "autoinstall_known_extensions": False,
+            "threads": 1, "memory_limit": "512MB"})
+        self._scratch.execute("SET enable_external_access = false")
+        self._scratch.execute("SET lock_configuration = true")
+
+    def column_domain(self, info: ColInfo) -> list[Any] | None:
+        if info.sensitive:
+            return None
+        if info.public_values is not None:
+            return list(info.public_values)
+        if info.values_from is not None:
+            key = info.values_from
+            with self._lock:
+                if key not in self._cache:
+                    self._cache[key] = self._distinct(key[0], key[1], self.limit)
+                return self._cache[key]
+        if info.type == "bool":
+            return [False, True]
+        if info.raw_bounds is not None and info.type == "int":
+            lo, hi = info.raw_bounds
+            return list(range(int(lo), int(hi) + 1)) if hi - lo + 1 <= self.limit else None
+        if info.raw_bounds is not None and info.type == "date":
+            lo, hi = info.raw_bounds
+            days = (hi - lo).days + 1
+            if days > self.limit:
+                return None
+            return [lo + dt.timedelta(days=i) for i in range(days)]
+        return None
+
+    def key_domain(self, key: exp.Expression, scope: Scope, sql: str) -> list[Any] | None:
+        """Distinct non-NULL values ``key`` can take, or None if not enumerable."""
+        bare = key.unnest()
+        columns: dict[tuple[str, str], tuple[exp.Column, ColInfo]] = {}
+        for col in bare.find_all(exp.Column):
+            rel, info = scope.resolve(col, sql)
+            columns.setdefault((rel.alias, info.name.lower()), (col, info))
+        if isinstance(bare, exp.Column):
+            (_, info), = columns.values()
+            return self.column_domain(info)
+        domains = []
+        for _, info in columns.values():
+            d = self.column_domain(info)
+            if d is None:
+                return None
+            domains.append(d)
+        size = 1
+        for d in domains:
+            size *= max(1, len(d))
+        if size > self.limit:
+            return None
+        return self._evaluate(bare, scope, sql, list(columns.values()), domains)
+
+    def _evaluate(self, key: exp.Expression, scope: Scope, sql: str,
+                  columns: list[tuple[exp.Column, ColInfo]], domains: list[list[Any]]
+                  ) -> list[Any] | None:
+        names = {}
+        for i, (_, info) in enumerate(columns):
+            names[id(info)] = f"c{i}"
+
+        def swap(node: exp.Expression) -> exp.Expression:
+            if isinstance(node, exp.Column):
+                _, info = scope.resolve(node, sql)
+                return exp.column(names[id(info)])
+            return node
+
+        expr = key.copy().transform(swap)
+        if columns:
+            rows = list(itertools.product(*domains))
+            values = exp.Values(
+                expressions=[exp.Tuple(expressions=[_literal(v, info.type) for v, (_, info)
+                                                    in zip(row, columns, strict=True)])
+                             for row in rows],
+                alias=exp.TableAlias(this=exp.to_identifier("t"),
+                                     columns=[exp.to_identifier(f"c{i}")
+                                              for i in range(len(columns))]))
+            query = exp.select(expr.as_("k")).distinct().from_(values)
+        else:
+            query = exp.select(expr.as_("k"))
+        wrapped = exp.select("k").from_(query.subquery("d")).where("k IS NOT NULL").order_by("k")
+        text = wrapped.sql(dialect="duckdb")
+        with self._lock:
+            cur = self._scratch.cursor()
+            try:
+                out = [r[0] for r in cur.execute(text).fetchall()]
+            except duckdb.Error:
+                return None
+            finally:
+                cur.close()
+        return out if len(out) <= self.limit else None
+
+    def close(self) -> None:
+        self._scratch.close()
+
+
+def _literal(value: Any, kind: str) -> exp.Expression:
+    if value is None:
+        return exp.Null()
+    lit = exp.convert(value)
+    if kind in CANONICAL:
+        return exp.Cast(this=lit, to=exp.DataType.build(CANONICAL[kind]))
+    return lit

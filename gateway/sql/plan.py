@@ -1,0 +1,116 @@
+"""Frozen values passed between the planning passes.
+
+A ``Plan`` is everything decided from the SQL text and the policy: the
+unit-attributed relation, the group keys and their public domains, the noisy
+statistics the aggregates need with their per-unit bounds, and the
+post-processing query over the noisy result.  Noise calibration adds ε/δ and
+scales to it (:mod:`gateway.calibrate`); nothing in a plan depends on data.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from sqlglot import exp
+
+StatKind = Literal["sum", "ratio", "units"]
+
+
+@dataclass(frozen=True)
+class KeySpec:
+    """One GROUP BY key."""
+
+    name: str  # k0, k1, ... in the noisy result
+    expr: exp.Expression  # over the FROM scope
+    canon: str  # canonical SQL, to find the key again in SELECT/HAVING/ORDER BY
+    domain: tuple[Any, ...] | None  # public values, or None: partition selection
+
+
+@dataclass(frozen=True)
+class StatSpec:
+    """One noisy sum over units.
+
+    * ``sum``: Σ per-row ``value`` (clamped into [lo, hi]); each unit's per-group
+      sums are scaled together so their absolute total is at most M·max(|lo|,|hi|)
+      — what M rows of clamped values could contribute (DESIGN §2).
+    * ``ratio``: moment ``power`` (0: count, 1: Σ(v−mid), 2: Σ(v−mid)²) of a value
+      shared by AVG/VAR/STDDEV; a unit's rows are scaled by min(1, M / its count)
+      so its own mean is kept while it counts as at most M rows.
+    * ``units``: 1 for each group a unit touches (COUNT(DISTINCT unit)).
+    """
+
+    name: str  # s0, s1, ...
+    kind: StatKind
+    value: exp.Expression | None
+    lo: float = 0.0
+    hi: float = 1.0
+    integral: bool = True
+    power: int = 0
+    ratio: str | None = None  # id of the shared ratio value (its "v" column)
+
+    @property
+    def mid(self) -> float:
+        return (self.lo + self.hi) / 2.0
+
+    @property
+    def half_width(self) -> float:
+        return (self.hi - self.lo) / 2.0
+
+    def sensitivity(self, max_rows: int, max_groups: int) -> tuple[float, float]:
+        """(L1, L2) sensitivity in value units under add/remove-one-unit."""
+        if self.kind == "units":
+            return float(max_groups), math.sqrt(max_groups)
+        if self.kind == "sum":
+            b = max(abs(self.lo), abs(self.hi))
+            return max_rows * b, max_rows * b
+        h = self.half_width
+        per_row = 1.0 if self.power == 0 else (h if self.power == 1 else h * h)
+        return max_rows * per_row, max_rows * per_row
+
+
+@dataclass(frozen=True)
+class AggSpec:
+    """One aggregate the analyst wrote, computed from noisy statistics."""
+
+    name: str  # a0, a1, ...
+    func: str  # count, sum, avg, var_pop, var_samp, stddev_pop, stddev_samp, count_units
+    canon: str
+    stats: tuple[str, ...]
+    lo: float = 0.0  # bounds of the aggregated value per row (for clamping results)
+    hi: float = 0.0
+    integral: bool = True
+    label: str = ""  # the aggregate as the analyst wrote it
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A query the gateway can answer with differential privacy."""
+
+    sql: str
+    with_: exp.With | None  # the analyst's CTEs (unit columns threaded through)
+    relation: exp.Select  # FROM/JOIN/WHERE skeleton; projection filled by the rewrite
+    unit: exp.Expression | None  # None: public query, no privacy needed
+    tables: frozenset[str]
+    max_rows: int  # M after joins
+    max_groups: int  # L0: groups one unit may touch in this query
+    keys: tuple[KeySpec, ...]
+    stats: tuple[StatSpec, ...]
+    aggs: tuple[AggSpec, ...]
+    post: exp.Select  # over __dp_noisy(k*, a*)
+    public_query: exp.Select | None = None
+
+    @property
+    def partition_selection(self) -> bool:
+        return bool(self.keys) and any(k.domain is None for k in self.keys)
+
+    @property
+    def domain_size(self) -> int | None:
+        if not self.keys or self.partition_selection:
+            return None if self.keys else 1
+        size = 1
+        for k in self.keys:
+            assert k.domain is not None
+            size *= len(k.domain)
+        return size

@@ -1,0 +1,250 @@
+"""Pass 5: the bounded query, run inside the engine.
+
+One query, in stages (CTEs), after the analyst's joins and filters:
+
+1. ``__dp_rows``      one row per input row: unit, keys, per-row values (cleaned,
+                      clamped, guarded so no value can raise); rows without a
+                      unit are dropped, keys outside a public domain too.
+2. ``__dp_groups``    per (unit, group): partial sums — Google's plan of
+                      aggregating per unit first, which is both more accurate
+                      and cheaper than sampling rows.
+3. ``__dp_kept``      at most L0 groups per unit, chosen by a keyed hash of
+                      (unit, group, fresh secret salt): random, and independent
+                      of every value.  Skipped when L0 covers the whole domain.
+4. ``__dp_contrib``   each unit's contributions scaled so that together they are
+                      at most what M clamped rows could add (see StatSpec), and
+                      put on the integer grid of the noise: sums of integers are
+                      exact and order-independent, unlike sums of floats, so the
+                      sensitivity the noise was calibrated for really holds.
+5. final              Σ over units per group (and the unit count per group when
+                      partitions must be selected).
+
+The salt is a query parameter, so the rewritten SQL text is deterministic and
+serves as the cache key.  Only portable SQL and the executor's small dialect
+hooks (guard, keyed hash, NaN test) are used.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from sqlglot import exp
+
+from gateway.engine.base import Executor
+from gateway.sql.plan import Plan
+
+MAX_IN_LIST = 1000
+
+
+@dataclass(frozen=True)
+class Grid:
+    """How a statistic is put on the integer grid of its noise."""
+
+    step: float  # value units per integer unit; a power of two (1 for integer statistics)
+    integral: bool  # per-unit contributions are integers already
+
+
+def rewrite(plan: Plan, grids: Mapping[str, Grid], executor: Executor) -> exp.Select:
+    return _Rewriter(plan, grids, executor).build()
+
+
+def _col(name: str) -> exp.Column:
+    return exp.column(name, quoted=True)
+
+
+def _num(v: float) -> exp.Expression:
+    if float(v).is_integer() and abs(v) < 2**53:
+        return exp.Literal.number(int(v))
+    return exp.Cast(this=exp.Literal.number(repr(float(v))), to=exp.DataType.build("DOUBLE"))
+
+
+def _double(v: float) -> exp.Expression:
+    return exp.Cast(this=exp.Literal.number(repr(float(v))), to=exp.DataType.build("DOUBLE"))
+
+
+def _sum(e: exp.Expression) -> exp.Expression:
+    return exp.Sum(this=e)
+
+
+def _coalesce0(e: exp.Expression) -> exp.Expression:
+    return exp.Coalesce(this=e, expressions=[exp.Literal.number(0)])
+
+
+def _bigint(e: exp.Expression) -> exp.Expression:
+    return exp.Cast(this=e, to=exp.DataType.build("BIGINT"))
+
+
+class _Rewriter:
+    def __init__(self, plan: Plan, grids: Mapping[str, Grid], executor: Executor) -> None:
+        self.plan = plan
+        self.grids = grids
+        self.ex = executor
+        self.keys = [k.name for k in plan.keys]
+        self.values: dict[str, str] = {}  # value SQL -> column in __dp_rows
+        self.stat_value: dict[str, str] = {}  # stat name -> value column
+        for s in plan.stats:
+            assert s.value is not None
+            text = s.value.sql(dialect="duckdb")
+            self.stat_value[s.name] = self.values.setdefault(text, f"__dp_v{len(self.values)}")
+
+    def build(self) -> exp.Select:
+        ctes = [("__dp_rows", self._rows()), ("__dp_groups", self._groups())]
+        source = "__dp_groups"
+        if self._needs_selection():
+            ctes.append(("__dp_kept", self._kept()))
+            source = "__dp_kept"
+        ctes.append(("__dp_contrib", self._contrib(source)))
+        final = self._final()
+        user_ctes = list(self.plan.with_.expressions) if self.plan.with_ is not None else []
+        for cte in user_ctes:
+            self._guard_select(cte.this)
+        with_ = exp.With(expressions=[c.copy() for c in user_ctes] + [
+            exp.CTE(this=q, alias=exp.TableAlias(this=exp.to_identifier(n, quoted=True)))
+            for n, q in ctes])
+        final.set("with_", with_)
+        return final
+
+    # -- stage 1 ---------------------------------------------------------------------
+
+    def _rows(self) -> exp.Select:
+        rel = self.plan.relation.copy()
+        self._guard_select(rel, top=True)
+        assert self.plan.unit is not None
+        items: list[exp.Expression] = [exp.alias_(self.plan.unit.copy(), "__dp_unit", quoted=True)]
+        for key in self.plan.keys:
+            items.append(exp.alias_(self._guard(key.expr.copy()), key.name, quoted=True))
+        by_value = {}
+        for s in self.plan.stats:
+            assert s.value is not None
+            by_value[self.stat_value[s.name]] = s.value
+        for col, value in by_value.items():
+            items.append(exp.alias_(self._guard(value.copy()), col, quoted=True))
+        rel.set("expressions", items)
+        conds: list[exp.Expression] = [exp.Not(this=exp.Is(this=self.plan.unit.copy(),
+                                                           expression=exp.Null()))]
+        for key in self.plan.keys:
+            if key.domain is not None and len(key.domain) <= MAX_IN_LIST:
+                conds.append(exp.In(this=self._guard(key.expr.copy()),
+                                    expressions=[exp.convert(v) for v in key.domain]))
+        where = rel.args.get("where")
+        if where is not None:
+            conds.insert(0, where.this)
+        rel.set("where", exp.Where(this=exp.and_(*conds)))
+        return rel
+
+    def _guard(self, e: exp.Expression) -> exp.Expression:
+        if isinstance(e, exp.Column | exp.Literal | exp.Null | exp.Boolean):
+            return e
+        return self.ex.guard(e)
+
+    def _guard_select(self, select: exp.Select, *, top: bool = False) -> None:
+        """Make every row-level expression of the relation unable to raise."""
+        for sub in list(select.find_all(exp.Select)):
+            where = sub.args.get("where")
+            if where is not None:
+                where.set("this", self._guard(where.this))
+            for join in sub.args.get("joins") or []:
+                on = join.args.get("on")
+                if on is not None:
+                    join.set("on", self._guard(on))
+            if sub is not select or not top:
+                sub.set("expressions", [
+                    e if isinstance(e, exp.Star) or isinstance(e.unnest(), exp.Column | exp.Star)
+                    else (exp.alias_(self._guard(e.this), e.alias, quoted=True)
+                          if isinstance(e, exp.Alias) else self._guard(e))
+                    for e in sub.expressions])
+
+    # -- stage 2 ---------------------------------------------------------------------
+
+    def _groups(self) -> exp.Select:
+        group_by = ["__dp_unit", *self.keys]
+        items: list[exp.Expression] = [_col(c) for c in group_by]
+        for s in self.plan.stats:
+            v = _col(self.stat_value[s.name])
+            if s.kind == "sum":
+                agg: exp.Expression = _coalesce0(_sum(v))
+            elif s.kind == "units":
+                agg = _coalesce0(exp.Max(this=v))
+            elif s.power == 0:
+                agg = exp.Count(this=v)
+            else:
+                centred = exp.Paren(this=exp.Sub(this=v, expression=_double(s.mid)))
+                term = centred if s.power == 1 else exp.Mul(this=centred,
+                                                            expression=centred.copy())
+                agg = _coalesce0(_sum(term))
+            items.append(exp.alias_(agg, s.name, quoted=True))
+        return exp.select(*items).from_("__dp_rows").group_by(*[_col(c) for c in group_by])
+
+    # -- stage 3 ---------------------------------------------------------------------
+
+    def _needs_selection(self) -> bool:
+        if not self.plan.keys:
+            return False
+        size = self.plan.domain_size
+        return size is None or self.plan.max_groups < size
+
+    def _kept(self) -> exp.Select:
+        order = self.ex.keyed_hash([_col("__dp_unit"), *[_col(k) for k in self.keys]],
+                                   exp.Placeholder())
+        rank = exp.Window(this=exp.RowNumber(), partition_by=[_col("__dp_unit")],
+                          order=exp.Order(expressions=[exp.Ordered(this=order)]))
+        inner = exp.select(exp.Star(), exp.alias_(rank, "__dp_rank", quoted=True)).from_(
+            "__dp_groups")
+        return exp.select(exp.Star()).from_(inner.subquery("__dp_ranked")).where(
+            exp.LTE(this=_col("__dp_rank"), expression=exp.Literal.number(self.plan.max_groups)))
+
+    # -- stage 4 ---------------------------------------------------------------------
+
+    def _unit_total(self, e: exp.Expression) -> exp.Expression:
+        """Σ over the unit's kept groups (the row itself when there are no groups)."""
+        if not self.keys:
+            return e
+        return exp.Window(this=_sum(e), partition_by=[_col("__dp_unit")])
+
+    def _contrib(self, source: str) -> exp.Select:
+        m = self.plan.max_rows
+        counts = {s.ratio: s.name for s in self.plan.stats if s.kind == "ratio" and s.power == 0}
+        items: list[exp.Expression] = [_col(k) for k in self.keys]
+        for s in self.plan.stats:
+            v = _col(s.name)
+            if s.kind == "units":
+                items.append(exp.alias_(_bigint(v), s.name, quoted=True))
+                continue
+            if s.kind == "sum":
+                # Scale the unit's per-group sums together so Σ|sum| <= M·max(|lo|, |hi|).
+                cap: float = m * max(abs(s.lo), abs(s.hi))
+                total = self._unit_total(exp.Abs(this=v.copy()))
+            else:
+                # Scale all of the unit's rows by min(1, M / its row count): it then
+                # counts as at most M rows and its own mean is unchanged.
+                cap = float(m)
+                assert s.ratio is not None
+                total = self._unit_total(_col(counts[s.ratio]))
+            scaled = exp.Case(
+                ifs=[exp.If(this=exp.LTE(this=total, expression=_num(cap)), true=v.copy())],
+                default=exp.Div(this=exp.Mul(this=_double(cap), expression=v.copy()),
+                                expression=total.copy()))
+            items.append(exp.alias_(self._on_grid(scaled, self.grids[s.name]), s.name,
+                                    quoted=True))
+        return exp.select(*items).from_(source)
+
+    def _on_grid(self, e: exp.Expression, grid: Grid) -> exp.Expression:
+        if grid.integral:
+            # Truncation toward zero never increases a contribution's magnitude.
+            return _bigint(exp.Anonymous(this="trunc", expressions=[e]))
+        return _bigint(exp.Round(this=exp.Mul(this=e, expression=_double(1.0 / grid.step))))
+
+    # -- stage 5 ---------------------------------------------------------------------
+
+    def _final(self) -> exp.Select:
+        items: list[exp.Expression] = [_col(k) for k in self.keys]
+        for s in self.plan.stats:
+            items.append(exp.alias_(_bigint(_coalesce0(_sum(_col(s.name)))), s.name,
+                                    quoted=True))
+        if self.plan.partition_selection:
+            items.append(exp.alias_(exp.Count(this=exp.Star()), "__dp_units", quoted=True))
+        q = exp.select(*items).from_("__dp_contrib")
+        if self.keys:
+            q = q.group_by(*[_col(k) for k in self.keys])
+        return q

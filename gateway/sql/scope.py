@@ -1,0 +1,249 @@
+"""Relations in FROM: what each column is, and whether rows stay attributable.
+
+DESIGN §2: after FROM/JOIN/WHERE every row must belong to exactly one privacy
+unit.  Allowed are one protected relation, protected ⋈ public on any key, and
+protected ⋈ protected on the privacy unit.  Subqueries and CTEs in FROM are
+allowed when they are row-wise (projection and filter, no aggregation, DISTINCT,
+LIMIT or window) so each of their rows is still one unit's row; the unit column
+is threaded through them by the rewrite when the analyst did not select it.
+
+Everything here is a function of the SQL and the policy, never of the data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from sqlglot import exp
+
+from gateway.errors import QueryRejected
+from gateway.policy import Policy
+from gateway.sql.validate import AGGREGATES, span_of
+
+UNIT_ALIAS = "__dp_unit"
+
+
+@dataclass(frozen=True)
+class ColInfo:
+    """Public metadata of one column of a relation."""
+
+    name: str
+    type: str
+    bounds: tuple[float, float] | None = None  # numeric (dates: days since epoch)
+    raw_bounds: tuple[Any, Any] | None = None  # as declared (dates as dates)
+    public_values: tuple[Any, ...] | None = None
+    values_from: tuple[str, str] | None = None  # (public table, column) supplying values
+    sensitive: bool = False  # the unit, an identifier, or derived from them
+    is_unit: bool = False
+    public: bool = False  # a column of a public relation
+
+
+@dataclass(frozen=True)
+class Relation:
+    """A FROM item: a base table, a CTE reference or a subquery."""
+
+    alias: str
+    columns: dict[str, ColInfo]  # lower-case name -> info
+    protected: bool
+    unit_column: str | None = None  # name of the column carrying the unit
+    tables: frozenset[str] = frozenset()  # protected base tables underneath
+    max_rows: int = 1
+    max_groups: int = 1
+    node: exp.Expression | None = None  # the Table or Subquery node in the tree
+
+    def column(self, name: str) -> ColInfo | None:
+        return self.columns.get(name.lower())
+
+
+@dataclass
+class Scope:
+    """The relations a SELECT's FROM clause brings into view."""
+
+    relations: dict[str, Relation] = field(default_factory=dict)  # lower alias -> relation
+    unit: exp.Expression | None = None  # qualified reference to the unit column
+    protected_tables: frozenset[str] = frozenset()
+    max_rows: int = 1
+    max_groups: int = 1
+
+    @property
+    def protected(self) -> bool:
+        return self.unit is not None
+
+    def resolve(self, col: exp.Column, sql: str) -> tuple[Relation, ColInfo]:
+        """Find the relation and column a column reference names."""
+        name = col.name.lower()
+        if col.table:
+            rel = self.relations.get(col.table.lower())
+            if rel is None:
+                raise QueryRejected(
+                    f"unknown table or alias {col.table!r} in {col.sql()}",
+                    hint="use a table name or alias from FROM", rule="column",
+                    span=span_of(col, sql))
+            info = rel.column(name)
+            if info is None:
+                raise _unknown_column(col, sql, rel)
+            return rel, info
+        hits = [(r, r.column(name)) for r in self.relations.values() if r.column(name)]
+        if not hits:
+            raise _unknown_column(col, sql, None, self)
+        if len(hits) > 1:
+            raise QueryRejected(
+                f"column {col.name!r} is ambiguous (in {', '.join(r.alias for r, _ in hits)})",
+                hint=f"qualify it, e.g. {hits[0][0].alias}.{col.name}", rule="column",
+                span=span_of(col, sql))
+        rel, info = hits[0]
+        assert info is not None
+        return rel, info
+
+
+def _unknown_column(col: exp.Column, sql: str, rel: Relation | None,
+                    scope: Scope | None = None) -> QueryRejected:
+    if rel is not None:
+        names = sorted(c.name for c in rel.columns.values() if not c.name.startswith("__dp"))
+    else:
+        assert scope is not None
+        names = sorted({c.name for r in scope.relations.values() for c in r.columns.values()
+                        if not c.name.startswith("__dp")})
+    return QueryRejected(f"unknown column {col.sql()!r}",
+                         hint="available columns: " + ", ".join(names), rule="column",
+                         span=span_of(col, sql))
+
+
+def base_relation(policy: Policy, table: exp.Table, table_columns: Callable[[str], dict[str, str]],
+                  row_id: str) -> Relation:
+    """Relation for a policy table referenced in FROM."""
+    name = policy.canonical_table_name(table.name)
+    assert name is not None  # validate() checked it
+    spec = policy.tables[name]
+    alias = (table.alias or table.name).lower()
+    cols: dict[str, ColInfo] = {}
+    if spec.public:
+        for cname, ctype in table_columns(name).items():
+            cols[cname.lower()] = ColInfo(cname, ctype, values_from=(name, cname), public=True)
+        return Relation(alias, cols, protected=False, node=table)
+    for cname, c in spec.columns.items():
+        values_from = None
+        if c.public_values_from:
+            t, _, k = c.public_values_from.partition(".")
+            values_from = (policy.canonical_table_name(t) or t, k)
+        cols[cname.lower()] = ColInfo(
+            cname, c.type, bounds=c.numeric_bounds, raw_bounds=c.bounds,
+            public_values=c.public_values, values_from=values_from,
+            sensitive=c.role is not None or cname == spec.privacy_unit,
+            is_unit=cname == spec.privacy_unit,
+        )
+    unit = spec.privacy_unit
+    if unit is None:  # row-level: the executor adds a synthetic row id as the unit
+        unit = row_id
+        cols[row_id] = ColInfo(row_id, "int", sensitive=True, is_unit=True)
+    return Relation(alias, cols, protected=True, unit_column=unit, tables=frozenset({name}),
+                    max_rows=spec.max_rows_per_unit, max_groups=spec.max_groups_per_unit,
+                    node=table)
+
+
+def check_row_wise(select: exp.Select, sql: str, what: str) -> None:
+    """A subquery over protected data must keep one output row per input row."""
+    problems = [
+        (select.args.get("group"), "GROUP BY"), (select.args.get("having"), "HAVING"),
+        (select.args.get("distinct"), "DISTINCT"), (select.args.get("limit"), "LIMIT"),
+        (select.args.get("offset"), "OFFSET"), (select.args.get("order"), "ORDER BY"),
+    ]
+    for node, label in problems:
+        if node:
+            raise QueryRejected(
+                f"{label} inside {what} over a protected table is not supported",
+                hint="aggregate only in the outermost SELECT; ordering and limits apply to "
+                "the noisy result there", rule="subquery", span=span_of(node, sql))
+    for agg in select.find_all(*AGGREGATES):
+        raise QueryRejected(
+            f"aggregates inside {what} over a protected table are not supported",
+            hint="aggregate only in the outermost SELECT", rule="subquery",
+            span=span_of(agg, sql))
+
+
+def join_scope(relations: list[tuple[Relation, exp.Join | None]], sql: str) -> Scope:
+    """Combine FROM items, enforcing the joins that keep rows attributable."""
+    scope = Scope()
+    protected: list[Relation] = []
+    for rel, join in relations:
+        if rel.alias in scope.relations:
+            raise QueryRejected(f"table alias {rel.alias!r} is used twice",
+                                hint="give each FROM item its own alias", rule="join",
+                                span=span_of(join or rel.node or exp.Null(), sql))
+        if rel.protected and protected:
+            _check_unit_join(rel, protected, join, sql)
+        scope.relations[rel.alias] = rel
+        if rel.protected:
+            protected.append(rel)
+    if protected:
+        first = protected[0]
+        assert first.unit_column is not None
+        scope.unit = exp.column(first.unit_column, table=first.alias, quoted=True)
+        scope.protected_tables = frozenset().union(*(r.tables for r in protected))
+        scope.max_rows = min(r.max_rows for r in protected)
+        scope.max_groups = min(r.max_groups for r in protected)
+        if len(protected) > 1:
+            _check_outer_sides(relations, sql)
+    return scope
+
+
+def _check_unit_join(rel: Relation, earlier: list[Relation], join: exp.Join | None,
+                     sql: str) -> None:
+    node = join if join is not None else rel.node
+    if join is None or join.kind == "CROSS" or not (join.args.get("on") or join.args.get("using")):
+        raise QueryRejected(
+            f"{rel.alias} and {earlier[0].alias} are both protected and are not joined on the "
+            f"privacy unit, so a row would belong to two units",
+            hint=f"join them with ON {earlier[0].alias}.{earlier[0].unit_column} = "
+            f"{rel.alias}.{rel.unit_column}", rule="join", span=span_of(node or exp.Null(), sql))
+    if join.side in ("RIGHT", "FULL"):
+        raise QueryRejected(
+            f"{join.side} JOIN between protected tables is not supported",
+            hint="use INNER or LEFT JOIN on the privacy unit", rule="join",
+            span=span_of(join, sql))
+    using = join.args.get("using")
+    if using:
+        names = {i.name.lower() for i in using}
+        if rel.unit_column and rel.unit_column.lower() in names and any(
+            r.unit_column and r.unit_column.lower() in names for r in earlier
+        ):
+            return
+    on = join.args.get("on")
+    if on is not None:
+        for conj in on.flatten() if isinstance(on, exp.And) else [on]:
+            if isinstance(conj, exp.EQ) and _is_unit_pair(conj.this, conj.expression, rel,
+                                                          earlier):
+                return
+    raise QueryRejected(
+        f"{rel.alias} and {earlier[0].alias} are both protected and must be joined on the "
+        f"privacy unit, so each joined row belongs to one unit",
+        hint=f"add {earlier[0].alias}.{earlier[0].unit_column} = {rel.alias}.{rel.unit_column} "
+        f"to the ON condition", rule="join", span=span_of(join, sql))
+
+
+def _is_unit_pair(a: exp.Expression, b: exp.Expression, rel: Relation,
+                  earlier: list[Relation]) -> bool:
+    def is_unit_of(e: exp.Expression, r: Relation) -> bool:
+        return (isinstance(e, exp.Column) and e.table.lower() == r.alias
+                and r.unit_column is not None and e.name.lower() == r.unit_column.lower())
+
+    for x, y in ((a, b), (b, a)):
+        if is_unit_of(x, rel) and any(is_unit_of(y, r) for r in earlier):
+            return True
+    return False
+
+
+def _check_outer_sides(relations: list[tuple[Relation, exp.Join | None]], sql: str) -> None:
+    """With several protected relations the first one's unit is used: it must never be NULL
+    for a row another protected relation contributes (no RIGHT/FULL join after it)."""
+    for _rel, join in relations[1:]:
+        if join is not None and join.side in ("RIGHT", "FULL"):
+            raise QueryRejected(
+                f"{join.side} JOIN in a query over several protected tables is not supported",
+                hint="use INNER or LEFT JOINs", rule="join", span=span_of(join, sql))
+
+
+def with_columns(rel: Relation, columns: dict[str, ColInfo]) -> Relation:
+    return replace(rel, columns=columns)

@@ -1,0 +1,263 @@
+"""Pass 2: an allowlist over the parsed tree.
+
+Every node type, function and table must be on a list; anything else is
+rejected before planning.  A function is listed only if it cannot raise on any
+data (or is made total by the executor's guard), cannot read files or the
+network, and cannot run dynamic SQL.  Casts of non-constants become TRY_CAST so
+a value that does not convert becomes NULL instead of an error whose presence
+would reveal something about the data.
+
+Structural rules that need scopes (what may be grouped, which joins keep rows
+attributable to one unit) belong to :mod:`gateway.sql.analyze`.
+"""
+
+from __future__ import annotations
+
+import re
+
+from sqlglot import exp
+
+from gateway.errors import QueryRejected, Span
+
+SUPPORTED_AGGREGATES = (
+    "COUNT(*)", "COUNT(expr)", "COUNT(DISTINCT <privacy unit>)", "SUM", "AVG",
+    "VAR_POP", "VAR_SAMP", "VARIANCE", "STDDEV_POP", "STDDEV_SAMP", "STDDEV",
+)
+
+AGGREGATES: tuple[type[exp.Expression], ...] = (
+    exp.Count, exp.Sum, exp.Avg, exp.Variance, exp.VariancePop,
+    exp.Stddev, exp.StddevPop, exp.StddevSamp,
+)
+
+_STRUCTURE: tuple[type[exp.Expression], ...] = (
+    exp.Select, exp.From, exp.Join, exp.Where, exp.Group, exp.Having, exp.Order,
+    exp.Ordered, exp.Limit, exp.Offset, exp.With, exp.CTE, exp.Subquery, exp.Table,
+    exp.TableAlias, exp.Alias, exp.Column, exp.Identifier, exp.Star, exp.Distinct,
+    exp.Filter,
+)
+
+_SCALARS: tuple[type[exp.Expression], ...] = (
+    exp.Literal, exp.Boolean, exp.Null, exp.Paren, exp.Neg, exp.Not, exp.And, exp.Or,
+    exp.EQ, exp.NEQ, exp.GT, exp.GTE, exp.LT, exp.LTE, exp.NullSafeEQ, exp.NullSafeNEQ,
+    exp.Is, exp.In, exp.Between, exp.Like, exp.ILike, exp.Add, exp.Sub, exp.Mul, exp.Div,
+    exp.Case, exp.If, exp.Coalesce, exp.Nullif, exp.Cast, exp.TryCast, exp.DataType,
+    exp.DataTypeParam, exp.Var, exp.Interval, exp.Try,
+    # numeric
+    exp.Abs, exp.Round, exp.Floor, exp.Ceil, exp.Least, exp.Greatest, exp.Sqrt, exp.Ln,
+    exp.Log, exp.Exp, exp.Pow, exp.Sign, exp.IsNan, exp.IsInf,
+    # text
+    exp.Lower, exp.Upper, exp.Length, exp.Substring, exp.Trim, exp.Concat, exp.DPipe,
+    exp.Left, exp.Right, exp.StartsWith, exp.EndsWith, exp.Contains,
+    # dates
+    exp.TimestampTrunc, exp.DateTrunc, exp.Extract, exp.Year, exp.Month, exp.Day,
+    exp.DayOfWeek, exp.DayOfYear, exp.Quarter, exp.Week,
+)
+
+ALLOWED_NODES = frozenset(_STRUCTURE + _SCALARS + AGGREGATES)
+
+# Functions sqlglot does not model, allowed by (lower-case) name.
+ALLOWED_ANONYMOUS = frozenset({"date_part", "datepart", "isfinite"})
+
+_CAST_TYPES = frozenset({
+    exp.DataType.Type.TINYINT, exp.DataType.Type.SMALLINT, exp.DataType.Type.INT,
+    exp.DataType.Type.BIGINT, exp.DataType.Type.FLOAT, exp.DataType.Type.DOUBLE,
+    exp.DataType.Type.DECIMAL, exp.DataType.Type.VARCHAR, exp.DataType.Type.TEXT,
+    exp.DataType.Type.CHAR, exp.DataType.Type.BOOLEAN, exp.DataType.Type.DATE,
+    exp.DataType.Type.TIMESTAMP,
+})
+
+_ALLOWED_SCHEMAS = frozenset({"", "public", "main"})
+
+# Why a few common things are refused, so the message can say what to do.
+_EXPLAINED: dict[type[exp.Expression], tuple[str, str]] = {
+    exp.Window: ("window functions are not supported",
+                 "aggregate with GROUP BY instead; ordering and ranking of the noisy result "
+                 "can be done in ORDER BY"),
+    exp.TableSample: ("sampling (TABLESAMPLE / USING SAMPLE) is not supported",
+                      "query the whole table; the gateway bounds each unit's contribution"),
+    exp.IntDiv: ("integer division (//) is not allowed because it fails on a zero divisor",
+                 "use / and FLOOR(...) instead"),
+    exp.Mod: ("the modulo operator (%) is not allowed because it fails on a zero divisor",
+              "bucket values with FLOOR(x / n) or CASE instead"),
+    exp.Exists: ("subqueries in WHERE are not supported",
+                 "join the table in FROM instead"),
+    exp.Placeholder: ("query parameters must be bound before planning",
+                      "bind the parameter values (the client library does this)"),
+    exp.Parameter: ("query parameters must be bound before planning",
+                    "bind the parameter values (the client library does this)"),
+}
+
+
+def validate(tree: exp.Select, sql: str, table_names: set[str]) -> exp.Select:
+    """Return a normalised copy of ``tree`` or raise QueryRejected.
+
+    ``table_names`` are the lower-case names of policy tables; CTE names are
+    added per WITH clause.
+    """
+    tree = tree.copy()
+    cte_names = {cte.alias_or_name.lower() for cte in tree.find_all(exp.CTE)}
+    for node in tree.walk():
+        _check_node(node, sql, table_names, cte_names)
+    return _make_casts_total(tree)
+
+
+def _check_node(node: exp.Expression, sql: str, tables: set[str], ctes: set[str]) -> None:
+    kind = type(node)
+    if isinstance(node, exp.Anonymous):
+        name = node.name.lower()
+        if name in ALLOWED_ANONYMOUS:
+            return
+        raise _reject(node, sql, f"function {node.name}() is not allowed",
+                      "only total, side-effect-free functions are allowed (arithmetic, CASE, "
+                      "COALESCE, LOWER/UPPER, SUBSTRING, DATE_TRUNC, EXTRACT, ROUND, ...)",
+                      rule="function")
+    if isinstance(node, exp.AggFunc) and kind not in AGGREGATES:
+        raise _reject(node, sql, f"aggregate {_func_name(node)} is not supported",
+                      "supported aggregates: " + ", ".join(SUPPORTED_AGGREGATES),
+                      rule="aggregate")
+    if kind in _EXPLAINED:
+        msg, hint = _EXPLAINED[kind]
+        raise _reject(node, sql, msg, hint, rule=kind.__name__.lower())
+    if kind not in ALLOWED_NODES:
+        if isinstance(node, exp.Func):
+            raise _reject(node, sql, f"function {_func_name(node)}() is not allowed",
+                          "only total, side-effect-free functions are allowed (arithmetic, "
+                          "CASE, COALESCE, LOWER/UPPER, SUBSTRING, DATE_TRUNC, EXTRACT, ...)",
+                          rule="function")
+        raise _reject(node, sql, f"{_describe(node)} is not allowed in a query",
+                      "write a single aggregate SELECT over the policy's tables",
+                      rule="syntax")
+    if isinstance(node, exp.Subquery) and not isinstance(node.parent, exp.From | exp.Join):
+        raise _reject(node, sql, "subqueries are only allowed in FROM and JOIN",
+                      "join the table in FROM instead of using a subquery in an expression",
+                      rule="subquery")
+    if isinstance(node, exp.Select) and node.parent is not None and not isinstance(
+        node.parent, exp.Subquery | exp.CTE
+    ):
+        raise _reject(node, sql, "subqueries are only allowed in FROM and JOIN",
+                      "join the table in FROM instead", rule="subquery")
+    if isinstance(node, exp.Table):
+        _check_table(node, sql, tables, ctes)
+    elif isinstance(node, exp.Join):
+        if node.args.get("method") or node.kind in ("CROSS APPLY", "OUTER APPLY"):
+            raise _reject(node, sql, "this kind of join is not supported",
+                          "use INNER or LEFT JOIN ... ON", rule="join")
+        if node.args.get("match_condition"):
+            raise _reject(node, sql, "ASOF joins are not supported", "use JOIN ... ON",
+                          rule="join")
+    elif isinstance(node, exp.Distinct):
+        if not isinstance(node.parent, exp.Count | exp.Select):
+            raise _reject(node, sql, "DISTINCT is only supported as COUNT(DISTINCT <unit>) or "
+                          "SELECT DISTINCT", "remove DISTINCT", rule="distinct")
+        if node.args.get("on"):
+            raise _reject(node, sql, "DISTINCT ON is not supported", "use GROUP BY",
+                          rule="distinct")
+    elif isinstance(node, exp.DataType):
+        if node.this not in _CAST_TYPES:
+            raise _reject(node, sql, f"casting to {node.sql()} is not supported",
+                          "cast to INT, BIGINT, DOUBLE, DECIMAL, VARCHAR, BOOLEAN, DATE or "
+                          "TIMESTAMP", rule="cast")
+    elif isinstance(node, exp.Select):
+        for key in ("into", "kind", "sample", "qualify", "windows", "laterals", "pivots",
+                    "connect", "prewhere", "settings", "format", "locks", "match"):
+            if node.args.get(key):
+                raise _reject(node, sql, f"{key.upper()} is not supported in a query",
+                              "remove it", rule="syntax")
+    elif isinstance(node, exp.Group):
+        for key in ("grouping_sets", "cube", "rollup", "totals"):
+            if node.args.get(key):
+                raise _reject(node, sql, f"GROUP BY {key.upper()} is not supported",
+                              "send one query per grouping", rule="group")
+        if node.args.get("all"):
+            raise _reject(node, sql, "GROUP BY ALL is not supported",
+                          "list the grouping columns", rule="group")
+    elif isinstance(node, exp.Ordered) and isinstance(node.parent, exp.Order) and not isinstance(
+        node.parent.parent, exp.Select
+    ):
+        raise _reject(node, sql, "ORDER BY inside a function is not supported", "remove it",
+                      rule="syntax")
+    elif isinstance(node, exp.Star) and isinstance(node.parent, exp.Column):
+        return
+    elif isinstance(node, exp.Column) and node.args.get("catalog"):
+        raise _reject(node, sql, "catalog-qualified column names are not supported",
+                      "write table.column", rule="syntax")
+
+
+def _check_table(node: exp.Table, sql: str, tables: set[str], ctes: set[str]) -> None:
+    if not isinstance(node.this, exp.Identifier):
+        raise _reject(node, sql, "table functions are not allowed",
+                      "query the tables the policy declares (see /v1/schema)",
+                      rule="table_function")
+    for key in ("joins", "laterals", "pivots", "sample", "version", "when", "changes"):
+        if node.args.get(key):
+            raise _reject(node, sql, f"{key.upper()} on a table is not supported",
+                          "remove it", rule="syntax")
+    if node.args.get("catalog"):
+        raise _reject(node, sql, f"catalog-qualified table {node.sql()} is not allowed",
+                      "name the table alone, e.g. FROM visits", rule="table")
+    db = node.args.get("db")
+    schema = db.name.lower() if isinstance(db, exp.Identifier) else ""
+    if schema not in _ALLOWED_SCHEMAS:
+        raise _reject(node, sql, f"table {node.sql()} is not one the policy declares",
+                      "query one of: " + ", ".join(sorted(tables)), rule="table")
+    name = node.name.lower()
+    if name not in tables and not (schema == "" and name in ctes):
+        raise _reject(node, sql, f"unknown table {node.name!r}",
+                      "query one of: " + ", ".join(sorted(tables)), rule="table")
+
+
+def _make_casts_total(tree: exp.Select) -> exp.Select:
+    """CAST of anything but a constant becomes TRY_CAST (a failed conversion -> NULL)."""
+
+    def fix(node: exp.Expression) -> exp.Expression:
+        if type(node) is exp.Cast and not _is_constant(node.this):
+            return exp.TryCast(this=node.this, to=node.args["to"])
+        return node
+
+    return tree.transform(fix, copy=False)  # type: ignore[return-value]
+
+
+def _is_constant(node: exp.Expression) -> bool:
+    return not any(isinstance(n, exp.Column | exp.Star | exp.Select) for n in node.walk())
+
+
+def _func_name(node: exp.Expression) -> str:
+    if isinstance(node, exp.Anonymous):
+        return node.name.upper()
+    if isinstance(node, exp.Func):
+        return node.sql_name()
+    return type(node).__name__.upper()
+
+
+def _describe(node: exp.Expression) -> str:
+    return re.sub(r"(?<!^)(?=[A-Z])", " ", type(node).__name__).upper()
+
+
+def span_of(node: exp.Expression, sql: str) -> Span | None:
+    """Best-effort character span of ``node`` in the original text."""
+    starts, ends = [], []
+    for n in node.walk():
+        meta = n.meta if hasattr(n, "_meta") and n._meta else {}
+        if "start" in meta and "end" in meta:
+            starts.append(int(meta["start"]))
+            ends.append(int(meta["end"]) + 1)
+    if starts:
+        start, end = min(starts), max(ends)
+        if isinstance(node, exp.Func):
+            name = _func_name(node).split("(")[0]
+            found = sql.lower().rfind(name.lower(), 0, start)
+            if found != -1:
+                start = found
+            close = sql.find(")", end)
+            if close != -1 and sql[end:close].strip() == "":
+                end = close + 1
+        return Span(start, end, sql[start:end])
+    text = node.sql(dialect="duckdb")
+    found = sql.lower().find(text.lower())
+    if found == -1:
+        return None
+    return Span(found, found + len(text), sql[found:found + len(text)])
+
+
+def _reject(node: exp.Expression, sql: str, msg: str, hint: str, *, rule: str) -> QueryRejected:
+    return QueryRejected(msg, hint=hint, rule=rule, span=span_of(node, sql))
