@@ -17,6 +17,7 @@ import os
 import secrets
 import threading
 import uuid
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -195,19 +196,33 @@ class Gateway:
         return QueryResult(query_id, columns, rows, spent[0], spent[1], accuracy,
                            not reservation.charged, self._remaining(who))
 
-    def _accuracy(self, plan: Plan, cal: Calibration, table: Any, names: list[str]
-                  ) -> list[Accuracy]:
-        out = []
+    def _accuracy(self, plan: Plan, cal: Calibration, table: Any | None,
+                  names: list[str] | None) -> list[Accuracy]:
+        """Mechanism, scale and 95% half-width of each output column that is an aggregate
+        (passed through a wrapping query unchanged counts too)."""
+        post = plan.inner_post if plan.wrapped and plan.inner_post is not None else plan.post
         aggs = {a.name: a for a in plan.aggs}
-        for name, target in zip(names, select_targets(plan.post), strict=True):
+        base: dict[str, Accuracy] = {}
+        for item, target in zip(post.expressions, select_targets(post), strict=True):
             if target is None or target not in aggs:
                 continue
             agg = aggs[target]
             main = cal.stats[agg.stats[0] if len(agg.stats) == 1 else agg.stats[1]]
-            ci = table.ci95.get(target)
-            ci95 = float(np.median(ci)) if ci is not None and len(ci) else main.ci95
-            out.append(Accuracy(name, main.kind, main.value_scale, ci95))
-        return out
+            ratio = agg.func not in ("count", "count_units", "sum")
+            ci95: float | None = None if ratio else main.ci95
+            if table is not None:
+                ci = table.ci95.get(target)
+                if ci is not None and len(ci):
+                    ci95 = float(np.median(ci))
+            base[item.alias_or_name] = Accuracy(item.alias_or_name, main.kind,
+                                                main.value_scale, ci95)
+        if not plan.wrapped:
+            pairs = [(n, n) for n in base]
+        elif plan.outer_names is None:
+            pairs = [(n, n) for n in (names or list(base)) if n in base]
+        else:
+            pairs = [p for p in plan.outer_names if p is not None and p[1] in base]
+        return [replace(base[inner], column=out) for out, inner in pairs]
 
     def explain(self, sql: str, epsilon: float | None = None, delta: float | None = None,
                 mechanism: str | None = None, *, dialect: str = "duckdb") -> Explanation:
@@ -241,16 +256,7 @@ class Gateway:
         keys = [{"key": k.expr.sql(dialect="duckdb"),
                  "public_domain_size": None if k.domain is None else len(k.domain)}
                 for k in plan.keys]
-        accuracy = []
-        aggs = {a.name: a for a in plan.aggs}
-        for item, target in zip(plan.post.expressions, select_targets(plan.post), strict=True):
-            if target is None:
-                continue
-            agg = aggs[target]
-            noise = cal.stats[agg.stats[0] if len(agg.stats) == 1 else agg.stats[1]]
-            ratio = agg.func not in ("count", "count_units", "sum")
-            accuracy.append(Accuracy(item.alias_or_name, noise.kind, noise.value_scale,
-                                     None if ratio else noise.ci95))
+        accuracy = self._accuracy(plan, cal, None, None)
         return Explanation(tree.sql(dialect=self.executor.dialect, pretty=True), aggregates, ps,
                            cal.epsilon, cal.delta, accuracy, keys)
 

@@ -10,7 +10,7 @@ result.  Anything it cannot show to be safe is rejected with what to change.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from sqlglot import exp
@@ -21,7 +21,7 @@ from gateway.sql.aggregates import AggregateBuilder
 from gateway.sql.bounds import ValueBuilder
 from gateway.sql.domains import DomainFinder
 from gateway.sql.plan import KeySpec, Plan
-from gateway.sql.postprocess_plan import build_post_query
+from gateway.sql.postprocess_plan import build_post_query, output_name
 from gateway.sql.scope import (
     UNIT_ALIAS,
     ColInfo,
@@ -63,6 +63,9 @@ class _Analyzer:
                 raise QueryRejected("names starting with __dp are reserved",
                                     hint="rename the alias", rule="syntax",
                                     span=span_of(ident, self.sql))
+        wrapped = self._post_processing_wrapper(tree)
+        if wrapped is not None:
+            return wrapped
         ctes: dict[str, Relation] = {}
         with_ = tree.args.get("with_")
         if with_ is not None:
@@ -109,6 +112,80 @@ class _Analyzer:
             unit=scope.unit, tables=scope.protected_tables, max_rows=scope.max_rows,
             max_groups=max_groups, keys=tuple(keys), stats=tuple(builder.stats.values()),
             aggs=tuple(aggs), post=post)
+
+    def _post_processing_wrapper(self, tree: exp.Select) -> Plan | None:
+        """``SELECT ... FROM (<DP aggregate query>) AS t ...``: BI tools wrap queries
+        like this (LIMIT wrappers, filters on a saved question).  The outer query
+        only ever reads the inner query's noisy output, so it is post-processing:
+        plan the inner query, then run the outer one over its result."""
+        from_ = tree.args.get("from_")
+        if from_ is None or tree.args.get("joins"):
+            return None
+        source = from_.this
+        with_ = tree.args.get("with_")
+        ctes = list(with_.expressions) if with_ is not None else []
+        if isinstance(source, exp.Subquery) and isinstance(source.this, exp.Select):
+            inner = source.this.copy()
+            visible = ctes
+        elif isinstance(source, exp.Table) and not source.args.get("db"):
+            names = [c.alias_or_name.lower() for c in ctes]
+            if source.name.lower() not in names:
+                return None
+            i = names.index(source.name.lower())
+            inner = ctes[i].this.copy()
+            visible = ctes[:i]
+        else:
+            return None
+        if not self._aggregates_protected(inner, visible):
+            return None
+        if visible:
+            if inner.args.get("with_"):
+                return None
+            inner.set("with_", exp.With(expressions=[c.copy() for c in visible]))
+        plan = _Analyzer(self.sql, self.ctx).run(inner)
+        if plan.public_query is not None:
+            return None
+        alias = source.alias_or_name
+        outer = tree.copy()
+        outer.set("with_", None)
+        outer.set("expressions", [
+            e if isinstance(e, exp.Star | exp.Alias) or (isinstance(e, exp.Column) and isinstance(
+                e.this, exp.Star)) else exp.alias_(e, output_name(e), quoted=True)
+            for e in outer.expressions])
+        outer.set("from_", exp.From(this=plan.post.subquery(alias)))
+        return replace(plan, post=outer, outer_names=_plain_outputs(outer), wrapped=True,
+                       inner_post=plan.post if not plan.wrapped else plan.inner_post)
+
+    def _aggregates_protected(self, select: exp.Select, ctes: list[exp.CTE]) -> bool:
+        """Is ``select`` (or what it wraps) an aggregate query reading protected data?"""
+        aggregating = bool(select.args.get("group") or select.args.get("distinct") or any(
+            True for e in select.expressions for _ in e.find_all(*AGGREGATES)))
+        if not aggregating:
+            from_ = select.args.get("from_")
+            if from_ is None or select.args.get("joins"):
+                return False
+            src = from_.this
+            if isinstance(src, exp.Subquery) and isinstance(src.this, exp.Select):
+                return self._aggregates_protected(src.this, ctes)
+            if isinstance(src, exp.Table):
+                names = [c.alias_or_name.lower() for c in ctes]
+                if src.name.lower() in names and not src.args.get("db"):
+                    i = names.index(src.name.lower())
+                    return self._aggregates_protected(ctes[i].this, ctes[:i])
+            return False
+        policy = self.ctx.policy
+        cte_names = {c.alias_or_name.lower(): c.this for c in ctes}
+        for table in select.find_all(exp.Table):
+            spec = policy.table(table.name)
+            if spec is not None and not spec.public and table.name.lower() not in cte_names:
+                return True
+            body = cte_names.get(table.name.lower())
+            if body is not None and any(
+                (t := policy.table(x.name)) is not None and not t.public
+                for x in body.find_all(exp.Table)
+            ):
+                return True
+        return False
 
     def _public_plan(self, tree: exp.Select, scope: Scope) -> Plan:
         """Only public tables are read: no privacy is needed, the query runs as written."""
@@ -335,6 +412,19 @@ class _Analyzer:
             return node.copy().transform(qualify).unnest().sql(dialect="duckdb").lower()
 
         return canon
+
+
+def _plain_outputs(outer: exp.Select) -> tuple[tuple[str, str] | None, ...] | None:
+    """For each outer output column that is an inner column passed through unchanged,
+    (output name, inner name); None when the outer list has a star."""
+    out: list[tuple[str, str] | None] = []
+    for item in outer.expressions:
+        if isinstance(item, exp.Star) or (isinstance(item, exp.Column)
+                                          and isinstance(item.this, exp.Star)):
+            return None
+        inner = item.this if isinstance(item, exp.Alias) else item
+        out.append((item.alias_or_name, inner.name) if isinstance(inner, exp.Column) else None)
+    return tuple(out)
 
 
 def _public(info: ColInfo) -> ColInfo:

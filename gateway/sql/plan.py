@@ -100,6 +100,11 @@ class Plan:
     aggs: tuple[AggSpec, ...]
     post: exp.Select  # over __dp_noisy(k*, a*)
     public_query: exp.Select | None = None
+    # Set when the analyst's query wraps a DP query (post-processing over its output):
+    # per outer column, (name, inner column) if passed through, else None; None = star.
+    outer_names: tuple[tuple[str, str] | None, ...] | None = None
+    wrapped: bool = False
+    inner_post: exp.Select | None = None  # the innermost post query (over __dp_noisy)
 
     @property
     def partition_selection(self) -> bool:
