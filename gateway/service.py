@@ -69,7 +69,7 @@ class Gateway:
                              (model.budget.dataset.epsilon, model.budget.dataset.delta),
                              (model.budget.per_analyst.epsilon, model.budget.per_analyst.delta))
         self._context = Context(policy, self.executor.table_columns, self.domains,
-                                self.executor.is_nan)
+                                self.executor.is_nan, self.executor.guard)
         self._tables = {name.lower() for name in model.tables}
         self._closed = threading.Event()
 
@@ -174,6 +174,7 @@ class Gateway:
         answer_key = hashlib.sha256("\x00".join(
             [self.policy.version, rewritten, cal.fingerprint()]).encode()).hexdigest()
         cost = Cost(cal.epsilon, cal.delta, cal.events)
+        self.executor.check(tree, [0 for _ in tree.find_all(exp.Placeholder)])
         reservation = self.ledger.reserve(who, query_id, "query", plan.sql, cost, answer_key)
         if reservation.charged:
             try:

@@ -57,6 +57,10 @@ class Executor(Protocol):
         """Distinct non-NULL values of a *public* table column (None if more than limit)."""
         ...
 
+    def check(self, tree: exp.Expression, params: Sequence[Any] = ()) -> None:
+        """Plan without executing; raise QueryRejected for errors that need no data."""
+        ...
+
     def keyed_hash(self, args: list[exp.Expression], salt: exp.Expression) -> exp.Expression:
         """A keyed 64-bit hash of args, used to choose a unit's groups at random."""
         ...

@@ -19,7 +19,7 @@ import duckdb
 from sqlglot import exp
 
 from gateway.engine.base import ResultSet, SourceTable
-from gateway.errors import BackendError, PolicyError
+from gateway.errors import BackendError, PolicyError, QueryRejected
 
 log = logging.getLogger(__name__)
 
@@ -233,6 +233,28 @@ class DuckDBExecutor:
         names = tuple(d[0] for d in desc)
         types = tuple(str(d[1]) for d in desc)
         return ResultSet(names, types, tuple(data[n] for n in names))
+
+    def check(self, tree: exp.Expression, params: Sequence[Any] = ()) -> None:
+        """Plan the query without running it, so that errors which do not depend on
+        data (a constant that does not convert, a type mismatch the planner could not
+        see) are reported before any budget is charged."""
+        sql = tree.sql(dialect="duckdb")
+        cur = self._con.cursor()
+        try:
+            cur.execute("EXPLAIN " + sql, list(params))
+        except duckdb.ConversionException:
+            raise QueryRejected(
+                "a constant in the query cannot be converted to the type it is compared with",
+                hint="check the literals (numbers, dates) against the columns' types",
+                rule="type_mismatch") from None
+        except duckdb.Error as e:
+            log.error("engine rejected a planned query: %s: %s", type(e).__name__, e)
+            raise QueryRejected(
+                f"the engine cannot plan this query ({type(e).__name__})",
+                hint="check that functions get arguments of the right types", rule="engine",
+            ) from None
+        finally:
+            cur.close()
 
     def keyed_hash(self, args: list[exp.Expression], salt: exp.Expression) -> exp.Expression:
         return exp.Anonymous(this="hash", expressions=[*args, salt])

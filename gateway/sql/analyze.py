@@ -31,6 +31,7 @@ from gateway.sql.scope import (
     check_row_wise,
     join_scope,
 )
+from gateway.sql.typecheck import check_constants, check_mismatches, guard_condition
 from gateway.sql.validate import AGGREGATES, span_of
 
 ROW_ID = "__dp_row"
@@ -44,6 +45,7 @@ class Context:
     table_columns: Callable[[str], dict[str, str]]
     domains: DomainFinder
     is_nan: Callable[[exp.Expression], exp.Expression]
+    guard: Callable[[exp.Expression], exp.Expression]
 
 
 def analyze(tree: exp.Select, sql: str, ctx: Context) -> Plan:
@@ -91,6 +93,8 @@ class _Analyzer:
                 rule="raw_release", span=span_of(tree.expressions[0], self.sql)
                 if tree.expressions else None)
         self._check_where(tree)
+        for node in [*tree.expressions, *(k.expr for k in keys)]:
+            check_mismatches(node, scope, self.sql)
         values = ValueBuilder(scope, self.sql, self.ctx.is_nan)
         builder = AggregateBuilder(scope, self.sql, values, self._canon_fn(scope))
         aggs = [builder.add(node) for node in aggregates]
@@ -210,7 +214,27 @@ class _Analyzer:
         for join in select.args.get("joins") or []:
             items.append((self._relation(join.this, ctes), join))
         scope = join_scope(items, self.sql)
+        self._guard_conditions(select, scope)
         return scope
+
+    def _guard_conditions(self, select: exp.Select, scope: Scope) -> None:
+        """Row-level conditions must not be able to raise; keep the safe ones visible
+        to the engine's optimizer (hash joins, filter pushdown)."""
+        guard = self.ctx.guard
+        for node in [select.args.get("where"), *(j.args.get("on") for j in
+                                                 select.args.get("joins") or []),
+                     *select.expressions]:
+            if node is not None:
+                check_constants(node, self.sql, self.ctx.domains.constant_ok, scope)
+        where = select.args.get("where")
+        if where is not None:
+            check_mismatches(where.this, scope, self.sql)
+            where.set("this", guard_condition(where.this, scope, self.sql, guard))
+        for join in select.args.get("joins") or []:
+            on = join.args.get("on")
+            if on is not None:
+                check_mismatches(on, scope, self.sql)
+                join.set("on", guard_condition(on, scope, self.sql, guard))
 
     def _relation(self, node: exp.Expression, ctes: dict[str, Relation]) -> Relation:
         if isinstance(node, exp.Table):
@@ -270,6 +294,7 @@ class _Analyzer:
                     unit_col = info.name
         if not scope.protected:
             return Relation(alias, {k: _public(v) for k, v in columns.items()}, protected=False)
+        select.set("expressions", [self._guard_item(e, scope) for e in select.expressions])
         if unit_col is None:
             # Thread the unit through so the outer query can bound per unit.
             assert scope.unit is not None
@@ -279,6 +304,13 @@ class _Analyzer:
         return Relation(alias, columns, protected=True, unit_column=unit_col,
                         tables=scope.protected_tables, max_rows=scope.max_rows,
                         max_groups=scope.max_groups)
+
+    def _guard_item(self, item: exp.Expression, scope: Scope) -> exp.Expression:
+        inner = item.this if isinstance(item, exp.Alias) else item
+        if isinstance(inner.unnest(), exp.Column | exp.Star | exp.Literal):
+            return item
+        check_mismatches(inner, scope, self.sql)
+        return exp.alias_(self.ctx.guard(inner.copy()), item.alias_or_name, quoted=True)
 
     def _projected(self, item: exp.Expression, scope: Scope, values: ValueBuilder
                    ) -> list[ColInfo]:

@@ -129,6 +129,20 @@ class DomainFinder:
                 cur.close()
         return out if len(out) <= self.limit else None
 
+    def constant_ok(self, expr: exp.Expression) -> bool:
+        """Does a constant expression (no columns) evaluate without error?  Checked
+        at planning, so a bad literal is a rejection, not a charged engine error."""
+        text = exp.select(expr.copy()).sql(dialect="duckdb")
+        with self._lock:
+            cur = self._scratch.cursor()
+            try:
+                cur.execute(text).fetchall()
+                return True
+            except duckdb.Error:
+                return False
+            finally:
+                cur.close()
+
     def close(self) -> None:
         self._scratch.close()
 

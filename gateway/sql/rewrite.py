@@ -97,8 +97,6 @@ class _Rewriter:
         ctes.append(("__dp_contrib", self._contrib(source)))
         final = self._final()
         user_ctes = list(self.plan.with_.expressions) if self.plan.with_ is not None else []
-        for cte in user_ctes:
-            self._guard_select(cte.this)
         with_ = exp.With(expressions=[c.copy() for c in user_ctes] + [
             exp.CTE(this=q, alias=exp.TableAlias(this=exp.to_identifier(n, quoted=True)))
             for n, q in ctes])
@@ -108,8 +106,7 @@ class _Rewriter:
     # -- stage 1 ---------------------------------------------------------------------
 
     def _rows(self) -> exp.Select:
-        rel = self.plan.relation.copy()
-        self._guard_select(rel, top=True)
+        rel = self.plan.relation.copy()  # conditions already guarded by analyze
         assert self.plan.unit is not None
         items: list[exp.Expression] = [exp.alias_(self.plan.unit.copy(), "__dp_unit", quoted=True)]
         for key in self.plan.keys:
@@ -137,23 +134,6 @@ class _Rewriter:
         if isinstance(e, exp.Column | exp.Literal | exp.Null | exp.Boolean):
             return e
         return self.ex.guard(e)
-
-    def _guard_select(self, select: exp.Select, *, top: bool = False) -> None:
-        """Make every row-level expression of the relation unable to raise."""
-        for sub in list(select.find_all(exp.Select)):
-            where = sub.args.get("where")
-            if where is not None:
-                where.set("this", self._guard(where.this))
-            for join in sub.args.get("joins") or []:
-                on = join.args.get("on")
-                if on is not None:
-                    join.set("on", self._guard(on))
-            if sub is not select or not top:
-                sub.set("expressions", [
-                    e if isinstance(e, exp.Star) or isinstance(e.unnest(), exp.Column | exp.Star)
-                    else (exp.alias_(self._guard(e.this), e.alias, quoted=True)
-                          if isinstance(e, exp.Alias) else self._guard(e))
-                    for e in sub.expressions])
 
     # -- stage 2 ---------------------------------------------------------------------
 

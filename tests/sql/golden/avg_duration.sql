@@ -1,0 +1,45 @@
+WITH "__dp_rows" AS (
+  SELECT
+    "visits"."user_id" AS "__dp_unit",
+    TRY(
+      CASE
+        WHEN duration_s IS NULL OR ISNAN(duration_s)
+        THEN NULL
+        ELSE LEAST(GREATEST(duration_s, 0.0), 3600.0)
+      END
+    ) AS "__dp_v0"
+  FROM visits
+  WHERE
+    NOT "visits"."user_id" IS NULL
+), "__dp_groups" AS (
+  SELECT
+    "__dp_unit",
+    COUNT("__dp_v0") AS "__dp_s0",
+    COALESCE(SUM((
+      "__dp_v0" - CAST(1800.0 AS DOUBLE)
+    )), 0) AS "__dp_s1"
+  FROM __dp_rows
+  GROUP BY
+    "__dp_unit"
+), "__dp_contrib" AS (
+  SELECT
+    CAST(ROUND(
+      CASE
+        WHEN "__dp_s0" <= 20
+        THEN "__dp_s0"
+        ELSE CAST(20.0 AS DOUBLE) * "__dp_s0" / "__dp_s0"
+      END * CAST(64.0 AS DOUBLE)
+    ) AS BIGINT) AS "__dp_s0",
+    CAST(ROUND(
+      CASE
+        WHEN "__dp_s0" <= 20
+        THEN "__dp_s1"
+        ELSE CAST(20.0 AS DOUBLE) * "__dp_s1" / "__dp_s0"
+      END * CAST(0.03125 AS DOUBLE)
+    ) AS BIGINT) AS "__dp_s1"
+  FROM __dp_groups
+)
+SELECT
+  CAST(COALESCE(SUM("__dp_s0"), 0) AS BIGINT) AS "__dp_s0",
+  CAST(COALESCE(SUM("__dp_s1"), 0) AS BIGINT) AS "__dp_s1"
+FROM __dp_contrib

@@ -1,0 +1,52 @@
+WITH "__dp_rows" AS (
+  SELECT
+    "visits"."user_id" AS "__dp_unit",
+    converted AS "__dp_k0",
+    TRY(
+      CASE
+        WHEN spend IS NULL OR ISNAN(spend)
+        THEN NULL
+        ELSE LEAST(GREATEST(spend, 0.0), 500.0)
+      END
+    ) AS "__dp_v0"
+  FROM visits
+  WHERE
+    NOT "visits"."user_id" IS NULL AND converted IN (FALSE, TRUE)
+), "__dp_groups" AS (
+  SELECT
+    "__dp_unit",
+    "__dp_k0",
+    COUNT("__dp_v0") AS "__dp_s0",
+    COALESCE(SUM((
+      "__dp_v0" - CAST(250.0 AS DOUBLE)
+    )), 0) AS "__dp_s1"
+  FROM __dp_rows
+  GROUP BY
+    "__dp_unit",
+    "__dp_k0"
+), "__dp_contrib" AS (
+  SELECT
+    "__dp_k0",
+    CAST(ROUND(
+      CASE
+        WHEN SUM("__dp_s0") OVER (PARTITION BY "__dp_unit") <= 20
+        THEN "__dp_s0"
+        ELSE CAST(20.0 AS DOUBLE) * "__dp_s0" / SUM("__dp_s0") OVER (PARTITION BY "__dp_unit")
+      END * CAST(64.0 AS DOUBLE)
+    ) AS BIGINT) AS "__dp_s0",
+    CAST(ROUND(
+      CASE
+        WHEN SUM("__dp_s0") OVER (PARTITION BY "__dp_unit") <= 20
+        THEN "__dp_s1"
+        ELSE CAST(20.0 AS DOUBLE) * "__dp_s1" / SUM("__dp_s0") OVER (PARTITION BY "__dp_unit")
+      END * CAST(0.25 AS DOUBLE)
+    ) AS BIGINT) AS "__dp_s1"
+  FROM __dp_groups
+)
+SELECT
+  "__dp_k0",
+  CAST(COALESCE(SUM("__dp_s0"), 0) AS BIGINT) AS "__dp_s0",
+  CAST(COALESCE(SUM("__dp_s1"), 0) AS BIGINT) AS "__dp_s1"
+FROM __dp_contrib
+GROUP BY
+  "__dp_k0"

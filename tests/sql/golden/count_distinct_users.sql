@@ -1,0 +1,22 @@
+WITH "__dp_rows" AS (
+  SELECT
+    "visits"."user_id" AS "__dp_unit",
+    1 AS "__dp_v0"
+  FROM visits
+  WHERE
+    NOT "visits"."user_id" IS NULL
+), "__dp_groups" AS (
+  SELECT
+    "__dp_unit",
+    COALESCE(MAX("__dp_v0"), 0) AS "__dp_s0"
+  FROM __dp_rows
+  GROUP BY
+    "__dp_unit"
+), "__dp_contrib" AS (
+  SELECT
+    CAST("__dp_s0" AS BIGINT) AS "__dp_s0"
+  FROM __dp_groups
+)
+SELECT
+  CAST(COALESCE(SUM("__dp_s0"), 0) AS BIGINT) AS "__dp_s0"
+FROM __dp_contrib

@@ -1,0 +1,46 @@
+WITH "__dp_rows" AS (
+  SELECT
+    "visits"."user_id" AS "__dp_unit",
+    TRY(
+      CASE
+        WHEN CASE WHEN spend > 1000 THEN 1.0 ELSE 0.0 END IS NULL
+        OR ISNAN(CASE WHEN spend > 1000 THEN 1.0 ELSE 0.0 END)
+        THEN NULL
+        ELSE LEAST(GREATEST(CASE WHEN spend > 1000 THEN 1.0 ELSE 0.0 END, 0.0), 1.0)
+      END
+    ) AS "__dp_v0"
+  FROM visits
+  WHERE
+    NOT "visits"."user_id" IS NULL
+), "__dp_groups" AS (
+  SELECT
+    "__dp_unit",
+    COUNT("__dp_v0") AS "__dp_s0",
+    COALESCE(SUM((
+      "__dp_v0" - CAST(0.5 AS DOUBLE)
+    )), 0) AS "__dp_s1"
+  FROM __dp_rows
+  GROUP BY
+    "__dp_unit"
+), "__dp_contrib" AS (
+  SELECT
+    CAST(ROUND(
+      CASE
+        WHEN "__dp_s0" <= 20
+        THEN "__dp_s0"
+        ELSE CAST(20.0 AS DOUBLE) * "__dp_s0" / "__dp_s0"
+      END * CAST(64.0 AS DOUBLE)
+    ) AS BIGINT) AS "__dp_s0",
+    CAST(ROUND(
+      CASE
+        WHEN "__dp_s0" <= 20
+        THEN "__dp_s1"
+        ELSE CAST(20.0 AS DOUBLE) * "__dp_s1" / "__dp_s0"
+      END * CAST(128.0 AS DOUBLE)
+    ) AS BIGINT) AS "__dp_s1"
+  FROM __dp_groups
+)
+SELECT
+  CAST(COALESCE(SUM("__dp_s0"), 0) AS BIGINT) AS "__dp_s0",
+  CAST(COALESCE(SUM("__dp_s1"), 0) AS BIGINT) AS "__dp_s1"
+FROM __dp_contrib

@@ -1,0 +1,43 @@
+WITH "__dp_rows" AS (
+  SELECT
+    "visits"."user_id" AS "__dp_unit",
+    device AS "__dp_k0",
+    converted AS "__dp_k1",
+    1 AS "__dp_v0"
+  FROM visits
+  WHERE
+    NOT "visits"."user_id" IS NULL
+    AND device IN ('desktop', 'mobile', 'tablet', 'tv')
+    AND converted IN (FALSE, TRUE)
+), "__dp_groups" AS (
+  SELECT
+    "__dp_unit",
+    "__dp_k0",
+    "__dp_k1",
+    COALESCE(SUM("__dp_v0"), 0) AS "__dp_s0"
+  FROM __dp_rows
+  GROUP BY
+    "__dp_unit",
+    "__dp_k0",
+    "__dp_k1"
+), "__dp_contrib" AS (
+  SELECT
+    "__dp_k0",
+    "__dp_k1",
+    CAST(ROUND(
+      CASE
+        WHEN SUM(ABS("__dp_s0")) OVER (PARTITION BY "__dp_unit") <= 20
+        THEN "__dp_s0"
+        ELSE CAST(20.0 AS DOUBLE) * "__dp_s0" / SUM(ABS("__dp_s0")) OVER (PARTITION BY "__dp_unit")
+      END * CAST(64.0 AS DOUBLE)
+    ) AS BIGINT) AS "__dp_s0"
+  FROM __dp_groups
+)
+SELECT
+  "__dp_k0",
+  "__dp_k1",
+  CAST(COALESCE(SUM("__dp_s0"), 0) AS BIGINT) AS "__dp_s0"
+FROM __dp_contrib
+GROUP BY
+  "__dp_k0",
+  "__dp_k1"

@@ -1,0 +1,30 @@
+WITH "__dp_rows" AS (
+  SELECT
+    "visits"."user_id" AS "__dp_unit",
+    device AS "__dp_k0",
+    1 AS "__dp_v0"
+  FROM visits
+  WHERE
+    NOT "visits"."user_id" IS NULL
+    AND device IN ('desktop', 'mobile', 'tablet', 'tv')
+), "__dp_groups" AS (
+  SELECT
+    "__dp_unit",
+    "__dp_k0",
+    COALESCE(MAX("__dp_v0"), 0) AS "__dp_s0"
+  FROM __dp_rows
+  GROUP BY
+    "__dp_unit",
+    "__dp_k0"
+), "__dp_contrib" AS (
+  SELECT
+    "__dp_k0",
+    CAST("__dp_s0" AS BIGINT) AS "__dp_s0"
+  FROM __dp_groups
+)
+SELECT
+  "__dp_k0",
+  CAST(COALESCE(SUM("__dp_s0"), 0) AS BIGINT) AS "__dp_s0"
+FROM __dp_contrib
+GROUP BY
+  "__dp_k0"

@@ -1,0 +1,34 @@
+"""Shared helpers for tests: policies written to a temporary folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE = ROOT / "sample_data"
+WEB_POLICY = ROOT / "policies" / "web.yaml"
+
+
+def web_policy(folder: Path, *, dataset_budget: tuple[float, float] = (1e12, 1e-3),
+               analyst_budget: tuple[float, float] = (1e12, 1e-3), **visits: Any) -> Path:
+    """A copy of policies/web.yaml with absolute sources, big budgets and overrides."""
+    data = yaml.safe_load(WEB_POLICY.read_text())
+    data["tables"]["visits"]["source"] = str(SAMPLE / "visits.parquet")
+    data["tables"]["countries"]["source"] = str(SAMPLE / "countries.csv")
+    data["tables"]["visits"].update(visits)
+    data["budget"] = {
+        "dataset": {"epsilon": dataset_budget[0], "delta": dataset_budget[1]},
+        "per_analyst": {"epsilon": analyst_budget[0], "delta": analyst_budget[1]},
+    }
+    path = folder / "policy.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def write_policy(folder: Path, data: dict[str, Any], name: str = "policy.yaml") -> Path:
+    path = folder / name
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
