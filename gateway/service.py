@@ -114,7 +114,7 @@ class Gateway:
         """Parse, validate and analyze: a Plan or a QueryRejected, touching no data."""
         limits = self.policy.model.limits
         tree = parse(sql, max_length=limits.max_sql_length, dialect=dialect)
-        tree = validate(tree, sql, self._tables)
+        tree = validate(tree, sql, self._tables, dialect)
         return analyze(tree, sql, self._context)
 
     def _request(self, epsilon: float | None, delta: float | None, mechanism: str | None
@@ -345,6 +345,46 @@ class Gateway:
                             "max_groups_per_unit": spec.max_groups_per_unit, "columns": cols}
         return {"dataset": self.policy.dataset, "policy_version": self.policy.version,
                 "tables": tables}
+
+    # -- training (DP-SGD) --------------------------------------------------------------
+    # Thin delegation to gateway/training (DESIGN §1.2-1.3); kept self-contained.
+    from gateway.training.model import TrainedModel
+
+    def _training(self) -> Any:
+        from gateway.training.service import service_for
+
+        return service_for(self)
+
+    def train(self, sql: str, label: str, model: str = "logistic",
+              epsilon: float | None = None, delta: float | None = None,
+              analyst: str | None = None, **hyper: Any) -> TrainedModel:
+        """Train a DP model on the rows ``sql`` selects; blocks until it is trained."""
+        who = self.ledger.ensure_analyst(analyst or LOCAL_ANALYST)
+        return self.train_as(who, sql, label, model, epsilon, delta, **hyper)
+
+    def train_as(self, who: Analyst, sql: str, label: str, model: str = "logistic",
+                 epsilon: float | None = None, delta: float | None = None,
+                 progress: Any = None, **hyper: Any) -> TrainedModel:
+        """Train for an authenticated analyst; ``progress(fraction)`` is called as it runs."""
+        return self._training().train(who, sql, label, model, epsilon, delta, hyper, progress)
+
+    def submit_training(self, who: Analyst, sql: str, label: str, model: str = "logistic",
+                        epsilon: float | None = None, delta: float | None = None,
+                        **hyper: Any) -> str:
+        """Validate and charge now, train in the background; returns the model id."""
+        return self._training().submit(who, sql, label, model, epsilon, delta, hyper)
+
+    def models(self, who: Analyst) -> list[dict[str, Any]]:
+        """The caller's models (all models for an admin), without raw weight arrays."""
+        return [m.to_dict(weights=False) for m in self._training().models(who)]
+
+    def model(self, who: Analyst, model_id: str) -> dict[str, Any]:
+        """Status, progress, cost, hyper-parameters, metrics, weights and encoding."""
+        return self._training().get(who, model_id).to_dict()
+
+    def predict(self, who: Analyst, model_id: str, rows: list[dict[str, Any]]) -> list[Any]:
+        """Predictions for caller-supplied rows: post-processing, so free."""
+        return self._training().predict(who, model_id, rows)
 
 
 def _plain(v: Any) -> Any:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import re
 
 from sqlglot import exp
+from sqlglot.optimizer.normalize_identifiers import normalize_identifiers
 
 from gateway.errors import QueryRejected, Span
 
@@ -68,6 +69,22 @@ _CAST_TYPES = frozenset({
 
 _ALLOWED_SCHEMAS = frozenset({"", "public", "main"})
 
+# Date parts DuckDB accepts in DATE_TRUNC and in EXTRACT / DATE_PART (lower case).
+# A part outside these lists fails when the engine binds the query, i.e. after
+# the charge; a part read from a column fails row by row.  Both are refused here.
+_TRUNC_PARTS = frozenset({
+    "year", "years", "y", "yr", "yrs", "quarter", "quarters", "month", "months", "mon",
+    "mons", "week", "weeks", "w", "day", "days", "d", "hour", "hours", "h", "minute",
+    "minutes", "m", "min", "second", "seconds", "s", "sec", "millisecond", "milliseconds",
+    "ms", "microsecond", "microseconds", "us", "decade", "decades", "century", "centuries",
+    "millennium", "millennia",
+})
+_EXTRACT_PARTS = _TRUNC_PARTS | frozenset({
+    "dayofweek", "dow", "isodow", "weekday", "dayofyear", "doy", "dayofmonth", "weekofyear",
+    "epoch", "era", "isoyear", "yearweek", "julian",
+})
+_INT64_MAX = 2**63 - 1
+
 # Why a few common things are refused, so the message can say what to do.
 _EXPLAINED: dict[type[exp.Expression], tuple[str, str]] = {
     exp.Window: ("window functions are not supported",
@@ -88,7 +105,8 @@ _EXPLAINED: dict[type[exp.Expression], tuple[str, str]] = {
 }
 
 
-def validate(tree: exp.Select, sql: str, table_names: set[str]) -> exp.Select:
+def validate(tree: exp.Select, sql: str, table_names: set[str], dialect: str = "duckdb"
+             ) -> exp.Select:
     """Return a normalised copy of ``tree`` or raise QueryRejected.
 
     ``table_names`` are the lower-case names of policy tables; CTE names are
@@ -96,9 +114,14 @@ def validate(tree: exp.Select, sql: str, table_names: set[str]) -> exp.Select:
     """
     tree = tree.copy()
     cte_names = {cte.alias_or_name.lower() for cte in tree.find_all(exp.CTE)}
+    for with_ in tree.find_all(exp.With):
+        _check_with(with_, sql)
     for node in tree.walk():
         _check_node(node, sql, table_names, cte_names)
-    return _make_casts_total(tree)
+    # Unquoted identifiers are case-insensitive: one spelling, so equivalent
+    # queries share cached answers and names match the policy.
+    tree = normalize_identifiers(tree, dialect=dialect)
+    return _unqualify(_make_casts_total(tree))
 
 
 def _check_node(node: exp.Expression, sql: str, tables: set[str], ctes: set[str]) -> None:
@@ -106,6 +129,8 @@ def _check_node(node: exp.Expression, sql: str, tables: set[str], ctes: set[str]
     if isinstance(node, exp.Anonymous):
         name = node.name.lower()
         if name in ALLOWED_ANONYMOUS:
+            if name in ("date_part", "datepart"):
+                _check_date_part(node, sql)
             return
         raise _reject(node, sql, f"function {node.name}() is not allowed",
                       "only total, side-effect-free functions are allowed (arithmetic, CASE, "
@@ -115,6 +140,8 @@ def _check_node(node: exp.Expression, sql: str, tables: set[str], ctes: set[str]
         raise _reject(node, sql, f"aggregate {_func_name(node)} is not supported",
                       "supported aggregates: " + ", ".join(SUPPORTED_AGGREGATES),
                       rule="aggregate")
+    if isinstance(node, AGGREGATES):
+        _check_not_nested(node, sql)
     if kind in _EXPLAINED:
         msg, hint = _EXPLAINED[kind]
         raise _reject(node, sql, msg, hint, rule=kind.__name__.lower())
@@ -176,6 +203,12 @@ def _check_node(node: exp.Expression, sql: str, tables: set[str], ctes: set[str]
     ):
         raise _reject(node, sql, "ORDER BY inside a function is not supported", "remove it",
                       rule="syntax")
+    elif isinstance(node, exp.Limit | exp.Offset):
+        _check_row_count(node, sql)
+    elif isinstance(node, exp.Round):
+        _check_round_digits(node, sql)
+    elif isinstance(node, exp.TimestampTrunc | exp.DateTrunc | exp.Extract):
+        _check_date_part(node, sql)
     elif isinstance(node, exp.Star) and isinstance(node.parent, exp.Column):
         return
     elif isinstance(node, exp.Column) and node.args.get("catalog"):
@@ -201,9 +234,126 @@ def _check_table(node: exp.Table, sql: str, tables: set[str], ctes: set[str]) ->
         raise _reject(node, sql, f"table {node.sql()} is not one the policy declares",
                       "query one of: " + ", ".join(sorted(tables)), rule="table")
     name = node.name.lower()
-    if name not in tables and not (schema == "" and name in ctes):
+    visible = _visible_ctes(node)
+    if schema == "" and name in visible:
+        return
+    if name in ctes and name not in tables:
+        raise _reject(node, sql, f"{node.name!r} is used before the WITH clause defines it",
+                      "define each CTE before the CTEs that use it (RECURSIVE is not "
+                      "supported)", rule="syntax")
+    if name not in tables:
         raise _reject(node, sql, f"unknown table {node.name!r}",
                       "query one of: " + ", ".join(sorted(tables)), rule="table")
+    if schema and name in visible:
+        raise _reject(node, sql, f"the CTE {node.name!r} hides the table {node.sql()}",
+                      "give the CTE another name", rule="table")
+
+
+def _check_with(with_: exp.With, sql: str) -> None:
+    if with_.args.get("recursive"):
+        raise _reject(with_, sql, "recursive CTEs are not supported",
+                      "remove RECURSIVE; a CTE may use the CTEs defined before it",
+                      rule="syntax")
+    seen: set[str] = set()
+    for cte in with_.expressions:
+        name = cte.alias_or_name.lower()
+        if name in seen:
+            raise _reject(cte, sql, f"the WITH clause defines {cte.alias_or_name!r} twice",
+                          "give each CTE its own name", rule="syntax")
+        seen.add(name)
+
+
+def _visible_ctes(node: exp.Expression) -> set[str]:
+    """Names of the CTEs a table reference at ``node`` can see: inside a CTE only the
+    ones defined before it (the engine's rule for non-recursive WITH), elsewhere all
+    of the enclosing WITH clauses'."""
+    names: set[str] = set()
+    child, parent = node, node.parent
+    while parent is not None:
+        if isinstance(parent, exp.With):
+            for cte in parent.expressions:
+                if cte is child:
+                    break
+                names.add(cte.alias_or_name.lower())
+        elif isinstance(parent, exp.Query):
+            with_ = parent.args.get("with_")
+            if with_ is not None and with_ is not child:
+                names.update(cte.alias_or_name.lower() for cte in with_.expressions)
+        child, parent = parent, parent.parent
+    return names
+
+
+def _check_not_nested(node: exp.Expression, sql: str) -> None:
+    """An aggregate may not sit inside another aggregate or in a FILTER (WHERE ...)."""
+    child, parent = node, node.parent
+    while parent is not None and not isinstance(parent, exp.Query):
+        if isinstance(parent, AGGREGATES) or (
+            isinstance(parent, exp.Filter) and child is parent.args.get("expression")
+        ):
+            raise _reject(node, sql, "aggregates cannot be nested (in another aggregate or "
+                          "in FILTER (WHERE ...))",
+                          "aggregate once; filter rows with FILTER (WHERE <row condition>) "
+                          "and aggregates with HAVING", rule="aggregate")
+        child, parent = parent, parent.parent
+
+
+def _check_row_count(node: exp.Expression, sql: str) -> None:
+    value = node.args.get("expression")
+    if not (isinstance(value, exp.Literal) and not value.is_string and value.is_int
+            and 0 <= int(value.this) <= _INT64_MAX):
+        word = "LIMIT" if isinstance(node, exp.Limit) else "OFFSET"
+        raise _reject(node, sql, f"{word} must be a non-negative whole number",
+                      f"write e.g. {word} 10", rule="syntax")
+
+
+def _int_constant(node: exp.Expression | None) -> bool:
+    if isinstance(node, exp.Neg):
+        node = node.this
+    return isinstance(node, exp.Literal) and not node.is_string and node.is_int and \
+        abs(int(node.this)) <= 38
+
+
+def _check_round_digits(node: exp.Round, sql: str) -> None:
+    digits = node.args.get("decimals")
+    if digits is not None and not _int_constant(digits):
+        raise _reject(node, sql, "the number of digits of ROUND must be a whole-number "
+                      "constant", "write e.g. ROUND(x, 2)", rule="function")
+
+
+def _check_date_part(node: exp.Expression, sql: str) -> None:
+    if isinstance(node, exp.Anonymous):
+        args = node.expressions
+        part = args[0] if args else None
+        if len(args) != 2 or not (isinstance(part, exp.Literal) and part.is_string):
+            raise _reject(node, sql, f"{node.name.upper()} needs a constant date part",
+                          f"write e.g. {node.name.upper()}('month', visit_date)",
+                          rule="function")
+        name, allowed = part.name.lower(), _EXTRACT_PARTS
+    elif isinstance(node, exp.Extract):
+        part = node.this
+        name, allowed = part.name.lower(), _EXTRACT_PARTS
+    else:
+        part = node.args.get("unit")
+        name, allowed = (part.name.lower() if part is not None else ""), _TRUNC_PARTS
+    if not isinstance(part, exp.Var | exp.Literal) or name not in allowed:
+        what = "DATE_TRUNC" if allowed is _TRUNC_PARTS else "EXTRACT / DATE_PART"
+        raise _reject(node, sql, f"{part.sql() if part is not None else 'no'} is not a date "
+                      f"part {what} accepts",
+                      "use a constant part such as 'year', 'quarter', 'month', 'week', "
+                      "'day' or 'hour'", rule="function")
+
+
+def _unqualify(tree: exp.Select) -> exp.Select:
+    """Drop the (allowed) schema of tables and columns: ``public.visits`` is the policy
+    table ``visits`` whatever schema the engine keeps it in.  Tables the same name as a
+    visible CTE were refused by :func:`_check_table`, so nothing changes meaning."""
+    for node in list(tree.find_all(exp.Table, exp.Column)):
+        if node.args.get("db") is not None:
+            if isinstance(node, exp.Column) and node.text("db").lower() not in _ALLOWED_SCHEMAS:
+                raise QueryRejected(f"column {node.sql()} names an unknown schema",
+                                    hint="write table.column", rule="syntax")
+            node.set("db", None)
+    return tree
 
 
 def _make_casts_total(tree: exp.Select) -> exp.Select:
