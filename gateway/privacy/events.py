@@ -20,12 +20,12 @@ import numbers
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from dp_accounting import dp_event
-from dp_accounting.pld import common as pld_common
-from dp_accounting.pld import privacy_loss_distribution as pld_lib
-from dp_accounting.rdp import rdp_privacy_accountant
+from gateway.privacy import _lazy
+
+if TYPE_CHECKING:
+    from dp_accounting.pld import privacy_loss_distribution as pld_lib
 
 from gateway.privacy.calibration import gaussian_delta
 
@@ -109,7 +109,7 @@ class LaplaceEvent(PrivacyEvent):
     def _build_pld(self, vdi: float) -> pld_lib.PrivacyLossDistribution:
         # Laplace(b) on sensitivity 1 with b = 1/ε (Koskela et al. / Doroshenko et
         # al., "Connect the dots", PoPETs 2022 for the pessimistic discretisation).
-        return pld_lib.from_laplace_mechanism(
+        return _lazy.pld().from_laplace_mechanism(
             parameter=1.0 / self.epsilon, sensitivity=1, value_discretization_interval=vdi
         )
 
@@ -131,7 +131,7 @@ class DiscreteLaplaceEvent(PrivacyEvent):
         return 0.0
 
     def _build_pld(self, vdi: float) -> pld_lib.PrivacyLossDistribution:
-        return pld_lib.from_discrete_laplace_mechanism(
+        return _lazy.pld().from_discrete_laplace_mechanism(
             parameter=self.epsilon / self.sensitivity,
             sensitivity=self.sensitivity,
             value_discretization_interval=vdi,
@@ -163,7 +163,7 @@ class GaussianEvent(PrivacyEvent):
             )
 
     def _build_pld(self, vdi: float) -> pld_lib.PrivacyLossDistribution:
-        return pld_lib.from_gaussian_mechanism(
+        return _lazy.pld().from_gaussian_mechanism(
             standard_deviation=self.noise_multiplier,
             sensitivity=1,
             value_discretization_interval=vdi,
@@ -189,8 +189,8 @@ class ApproxDpEvent(PrivacyEvent):
             raise ValueError("an ApproxDpEvent needs epsilon > 0 or delta > 0")
 
     def _build_pld(self, vdi: float) -> pld_lib.PrivacyLossDistribution:
-        params = pld_common.DifferentialPrivacyParameters(self.epsilon, self.delta)
-        return pld_lib.from_privacy_parameters(params, value_discretization_interval=vdi)
+        params = _lazy.pld_common().DifferentialPrivacyParameters(self.epsilon, self.delta)
+        return _lazy.pld().from_privacy_parameters(params, value_discretization_interval=vdi)
 
 
 @dataclass(frozen=True)
@@ -281,7 +281,7 @@ def _dp_sgd_pld(
 ) -> pld_lib.PrivacyLossDistribution:
     # Poisson-subsampled Gaussian (Abadi et al., "Deep learning with differential
     # privacy", CCS 2016), PLD by connect-the-dots (Doroshenko et al., PoPETs 2022).
-    single = pld_lib.from_gaussian_mechanism(
+    single = _lazy.pld().from_gaussian_mechanism(
         standard_deviation=noise_multiplier,
         sensitivity=1,
         sampling_prob=sampling_rate,
@@ -300,9 +300,9 @@ def dp_sgd_epsilon_rdp(
     PLD discretisation.
     """
     _check_sgd(noise_multiplier, sampling_rate, steps, delta)
-    accountant = rdp_privacy_accountant.RdpAccountant()
-    event = dp_event.PoissonSampledDpEvent(
-        sampling_rate, dp_event.GaussianDpEvent(noise_multiplier)
+    accountant = _lazy.rdp().RdpAccountant()
+    event = _lazy.dp_event().PoissonSampledDpEvent(
+        sampling_rate, _lazy.dp_event().GaussianDpEvent(noise_multiplier)
     )
     # dp_accounting logs a warning for every Rényi order whose series does not
     # converge; those orders are skipped, which only makes the bound looser.
