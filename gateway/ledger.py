@@ -204,8 +204,17 @@ class Ledger:
                     (self.dataset, name, key_hash, role, repr(float(epsilon)),
                      repr(float(delta)), scram, time.time()))
         except sqlite3.IntegrityError:
-            raise InvalidRequest(f"analyst {name!r} already exists",
-                                 hint="choose another name") from None
+            existing = self.analyst(name)
+            if existing is None or existing.key_hash is not None:
+                raise InvalidRequest(f"analyst {name!r} already exists",
+                                     hint="choose another name") from None
+            # Created implicitly by an in-process query (no key yet): give it one,
+            # keeping what it has spent.
+            with self._write() as con:
+                con.execute("UPDATE analysts SET key_hash = ?, role = ?, epsilon = ?, delta = ?,"
+                            " scram = ? WHERE dataset = ? AND name = ? AND key_hash IS NULL",
+                            (key_hash, role, repr(float(epsilon)), repr(float(delta)), scram,
+                             self.dataset, name))
 
     def set_key(self, name: str, key_hash: str, scram: str | None) -> None:
         with self._write() as con:
@@ -374,7 +383,9 @@ class Ledger:
         if budget[1] > 0 and n:
             state = self._catch_up(con, scope)
             pld = state.accountant.pld_epsilon(budget[1])
-            if pld < best[0]:
+            # Report the PLD total only when it is clearly tighter: it is stated at
+            # the whole δ budget, which reads oddly for a few pure-ε queries.
+            if pld < best[0] - max(1e-3, 1e-3 * best[0]) or not math.isfinite(best[0]):
                 best = (pld, budget[1])
         if not math.isfinite(best[0]):
             best = basic
