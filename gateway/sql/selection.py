@@ -34,6 +34,7 @@ from gateway.sql.analyze import Context, _Analyzer
 from gateway.sql.bounds import ValueBuilder
 from gateway.sql.parse import parse
 from gateway.sql.scope import ColInfo, Relation, Scope
+from gateway.sql.typecheck import check_mismatches
 from gateway.sql.validate import span_of, validate
 
 UNIT = "__dp_unit"
@@ -78,11 +79,19 @@ def select_training_rows(sql: str, label: str, ctx: Context, executor: Executor,
 
 def _reject_aggregation(tree: exp.Select, sql: str) -> None:
     """Before validation, so the message speaks of training, not of supported aggregates."""
+    for window in tree.find_all(exp.Window):
+        assert isinstance(window, exp.Expression)
+        raise QueryRejected(
+            "window functions are not allowed in a training query: a row's value would "
+            "depend on other rows (and other units)",
+            hint="select plain row-wise features; compute per-row expressions instead",
+            rule="training_window", span=span_of(window, sql))
     for node in tree.find_all(exp.AggFunc):
+        assert isinstance(node, exp.Expression)
         raise QueryRejected(
             f"{node.sql(dialect='duckdb')} aggregates rows, but a training query selects rows",
-            hint="select the feature and label columns row by row, e.g. SELECT age, device, "
-            "converted FROM visits; the gateway bounds each unit's influence itself",
+            hint="select the feature and label columns row by row, e.g. SELECT feature1, "
+            "feature2, label FROM table; the gateway bounds each unit's influence itself",
             rule="training_aggregate", span=span_of(node, sql))
 
 
@@ -149,9 +158,9 @@ class _Selector:
         if not features:
             raise QueryRejected("the training query selects a label but no feature",
                                 hint="add at least one feature column", rule="training_shape")
-        names = [c[0][0].lower() for c in columns]
-        for name in names:
-            if names.count(name) > 1:
+        lowered = [c[0][0].lower() for c in columns]
+        for name in lowered:
+            if lowered.count(name) > 1:
                 raise QueryRejected(f"the training query has two columns named {name!r}",
                                     hint="give each column its own alias", rule="syntax")
         (label_name, label_node), label_info = columns[matches[0]]
@@ -186,7 +195,11 @@ class _Selector:
                 raise QueryRejected("computed training columns need a name",
                                     hint=f"write {inner.sql()} AS name", rule="syntax",
                                     span=span_of(item, self.sql))
+            check_mismatches(inner, scope, self.sql)
             info, = self.analyzer._projected(item, scope, values)
+            if info.type == "unknown" and info.public_values is None and _is_numeric(
+                    inner, values):
+                info = ColInfo(info.name, "float", sensitive=info.sensitive)  # unbounded
             out.append(((item.alias_or_name, inner), info))
         return out
 
@@ -196,8 +209,8 @@ class _Selector:
             raise QueryRejected(
                 f"{name!r} is (or is computed from) the privacy unit or an identifier and "
                 f"cannot be a {what}: a model could memorise who is in the data",
-                hint=f"remove it from the SELECT list; the gateway uses the privacy unit only "
-                f"to bound each unit's influence", rule="training_identifier",
+                hint="remove it from the SELECT list; the gateway uses the privacy unit only "
+                "to bound each unit's influence", rule="training_identifier",
                 span=span_of(node, self.sql))
         if info.type == "bool":
             return SelectedColumn(name, "bool", engine_name=engine_name)
@@ -235,12 +248,15 @@ class _Selector:
     def _query(self, tree: exp.Select, scope: Scope,
                features: list[tuple[SelectedColumn, exp.Expression]],
                label: tuple[SelectedColumn, exp.Expression]) -> exp.Select:
+        """SELECT unit, features..., label with unit-less and label-less rows dropped.
+
+        The analyzer already guarded WHERE and JOIN conditions (leaving provably
+        safe comparisons visible to the optimizer) and the computed columns of
+        subqueries and CTEs; the selected expressions are guarded here.
+        """
         query = tree.copy()
-        for sub in list(query.find_all(exp.Select)):
-            if sub is not query:
-                self._guard_select(sub)
         assert scope.unit is not None
-        items: list[exp.Expression] = [exp.alias_(scope.unit.copy(), UNIT, quoted=True)]
+        items: list[Any] = [exp.alias_(scope.unit.copy(), UNIT, quoted=True)]
         for col, node in [*features, label]:
             value = self._guard(node.copy())
             if col.kind == "numeric" and not col.temporal:
@@ -250,33 +266,23 @@ class _Selector:
         conds: list[exp.Expression] = []
         where = query.args.get("where")
         if where is not None:
-            conds.append(self._guard(where.this))
+            conds.append(where.this)
         conds.append(exp.Not(this=exp.Is(this=scope.unit.copy(), expression=exp.Null())))
         conds.append(exp.Not(this=exp.Is(this=self._guard(label[1].copy()),
                                          expression=exp.Null())))
         query.set("where", exp.Where(this=exp.and_(*conds)))
-        for join in query.args.get("joins") or []:
-            on = join.args.get("on")
-            if on is not None:
-                join.set("on", self._guard(on))
         return query
 
     def _guard(self, e: exp.Expression) -> exp.Expression:
-        if isinstance(e, exp.Column | exp.Literal | exp.Null | exp.Boolean):
+        if isinstance(e.unnest(), exp.Column | exp.Literal | exp.Null | exp.Boolean):
             return e
         return self.executor.guard(e)
 
-    def _guard_select(self, select: exp.Select) -> None:
-        """A subquery's or CTE's filters, join conditions and computed columns."""
-        where = select.args.get("where")
-        if where is not None:
-            where.set("this", self._guard(where.this))
-        for join in select.args.get("joins") or []:
-            on = join.args.get("on")
-            if on is not None:
-                join.set("on", self._guard(on))
-        select.set("expressions", [
-            e if isinstance(e.unnest(), exp.Column | exp.Star)
-            else (exp.alias_(self._guard(e.this), e.alias, quoted=True)
-                  if isinstance(e, exp.Alias) else self._guard(e))
-            for e in select.expressions])
+
+def _is_numeric(node: exp.Expression, values: ValueBuilder) -> bool:
+    """Does interval arithmetic accept the expression (i.e. is it a number)?"""
+    try:
+        values.value(node)
+    except QueryRejected:
+        return False
+    return True
