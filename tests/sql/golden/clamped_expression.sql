@@ -52,9 +52,9 @@ WITH "__dp_rows" AS (
   SELECT
     CAST(ROUND(
       CASE
-        WHEN ABS("__dp_s0") <= 600
+        WHEN "__dp_s0" <= 600
         THEN "__dp_s0"
-        ELSE CAST(600.0 AS DOUBLE) * "__dp_s0" / ABS("__dp_s0")
+        ELSE CAST(600.0 AS DOUBLE) * "__dp_s0" / "__dp_s0"
       END * CAST(2.0 AS DOUBLE)
     ) AS BIGINT) AS "__dp_s0"
   FROM __dp_groups

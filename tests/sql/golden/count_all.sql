@@ -8,7 +8,7 @@ WITH "__dp_rows" AS (
 ), "__dp_groups" AS (
   SELECT
     "__dp_unit",
-    COALESCE(SUM("__dp_v0"), 0) AS "__dp_s0"
+    COUNT(*) AS "__dp_s0"
   FROM __dp_rows
   GROUP BY
     "__dp_unit"
@@ -16,9 +16,9 @@ WITH "__dp_rows" AS (
   SELECT
     CAST(TRUNC(
       CASE
-        WHEN ABS("__dp_s0") <= 20
+        WHEN "__dp_s0" <= 20
         THEN "__dp_s0"
-        ELSE CAST(20.0 AS DOUBLE) * "__dp_s0" / ABS("__dp_s0")
+        ELSE CAST(20.0 AS DOUBLE) * "__dp_s0" / "__dp_s0"
       END
     ) AS BIGINT) AS "__dp_s0"
   FROM __dp_groups

@@ -52,38 +52,75 @@ WITH "__dp_rows" AS (
   SELECT
     "__dp_unit",
     "__dp_k0",
-    COALESCE(SUM("__dp_v0"), 0) AS "__dp_s0",
+    COUNT(*) AS "__dp_s0",
     COALESCE(SUM("__dp_v1"), 0) AS "__dp_s1"
   FROM __dp_rows
   GROUP BY
     "__dp_unit",
     "__dp_k0"
-), "__dp_kept" AS (
+), "__dp_units" AS (
+  SELECT
+    "__dp_unit",
+    COUNT(*) AS "__dp_ng",
+    SUM("__dp_s0") AS "__dp_t0",
+    SUM("__dp_s1") AS "__dp_t1"
+  FROM __dp_groups
+  GROUP BY
+    "__dp_unit"
+), "__dp_joined" AS (
   SELECT
     *
+  FROM __dp_groups
+  JOIN __dp_units
+    USING (__dp_unit)
+), "__dp_kept" AS (
+  SELECT
+    "__dp_unit",
+    "__dp_k0",
+    "__dp_s0",
+    "__dp_s1",
+    "__dp_t0",
+    "__dp_t1"
+  FROM __dp_joined
+  WHERE
+    "__dp_ng" <= 20
+  UNION ALL
+  SELECT
+    "__dp_unit",
+    "__dp_k0",
+    "__dp_s0",
+    "__dp_s1",
+    SUM("__dp_s0") OVER (PARTITION BY "__dp_unit") AS "__dp_t0",
+    SUM("__dp_s1") OVER (PARTITION BY "__dp_unit") AS "__dp_t1"
   FROM (
     SELECT
-      *,
-      ROW_NUMBER() OVER (PARTITION BY "__dp_unit" ORDER BY HASH("__dp_unit", "__dp_k0", ?)) AS "__dp_rank"
-    FROM __dp_groups
-  ) AS __dp_ranked
-  WHERE
-    "__dp_rank" <= 20
+      *
+    FROM (
+      SELECT
+        *,
+        ROW_NUMBER() OVER (PARTITION BY "__dp_unit" ORDER BY HASH("__dp_unit", "__dp_k0", ?)) AS "__dp_rank"
+      FROM __dp_joined
+      WHERE
+        "__dp_ng" > 20
+    ) AS __dp_ranked
+    WHERE
+      "__dp_rank" <= 20
+  ) AS __dp_chosen
 ), "__dp_contrib" AS (
   SELECT
     "__dp_k0",
     CAST(ROUND(
       CASE
-        WHEN SUM(ABS("__dp_s0")) OVER (PARTITION BY "__dp_unit") <= 20
+        WHEN "__dp_t0" <= 20
         THEN "__dp_s0"
-        ELSE CAST(20.0 AS DOUBLE) * "__dp_s0" / SUM(ABS("__dp_s0")) OVER (PARTITION BY "__dp_unit")
+        ELSE CAST(20.0 AS DOUBLE) * "__dp_s0" / "__dp_t0"
       END * CAST(64.0 AS DOUBLE)
     ) AS BIGINT) AS "__dp_s0",
     CAST(ROUND(
       CASE
-        WHEN SUM(ABS("__dp_s1")) OVER (PARTITION BY "__dp_unit") <= 10000
+        WHEN "__dp_t1" <= 10000
         THEN "__dp_s1"
-        ELSE CAST(10000.0 AS DOUBLE) * "__dp_s1" / SUM(ABS("__dp_s1")) OVER (PARTITION BY "__dp_unit")
+        ELSE CAST(10000.0 AS DOUBLE) * "__dp_s1" / "__dp_t1"
       END * CAST(0.125 AS DOUBLE)
     ) AS BIGINT) AS "__dp_s1"
   FROM __dp_kept

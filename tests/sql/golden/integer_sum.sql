@@ -16,9 +16,9 @@ WITH "__dp_rows" AS (
   SELECT
     CAST(TRUNC(
       CASE
-        WHEN ABS("__dp_s0") <= 1800
+        WHEN "__dp_s0" <= 1800
         THEN "__dp_s0"
-        ELSE CAST(1800.0 AS DOUBLE) * "__dp_s0" / ABS("__dp_s0")
+        ELSE CAST(1800.0 AS DOUBLE) * "__dp_s0" / "__dp_s0"
       END
     ) AS BIGINT) AS "__dp_s0"
   FROM __dp_groups

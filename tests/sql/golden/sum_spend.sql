@@ -22,9 +22,9 @@ WITH "__dp_rows" AS (
   SELECT
     CAST(ROUND(
       CASE
-        WHEN ABS("__dp_s0") <= 10000
+        WHEN "__dp_s0" <= 10000
         THEN "__dp_s0"
-        ELSE CAST(10000.0 AS DOUBLE) * "__dp_s0" / ABS("__dp_s0")
+        ELSE CAST(10000.0 AS DOUBLE) * "__dp_s0" / "__dp_s0"
       END * CAST(0.125 AS DOUBLE)
     ) AS BIGINT) AS "__dp_s0"
   FROM __dp_groups

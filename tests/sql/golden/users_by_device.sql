@@ -16,11 +16,23 @@ WITH "__dp_rows" AS (
   GROUP BY
     "__dp_unit",
     "__dp_k0"
+), "__dp_units" AS (
+  SELECT
+    "__dp_unit"
+  FROM __dp_groups
+  GROUP BY
+    "__dp_unit"
+), "__dp_joined" AS (
+  SELECT
+    *
+  FROM __dp_groups
+  JOIN __dp_units
+    USING (__dp_unit)
 ), "__dp_contrib" AS (
   SELECT
     "__dp_k0",
     CAST("__dp_s0" AS BIGINT) AS "__dp_s0"
-  FROM __dp_groups
+  FROM __dp_joined
 )
 SELECT
   "__dp_k0",
