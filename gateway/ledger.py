@@ -113,6 +113,18 @@ class Spent:
 
 
 @dataclass(frozen=True)
+class AuditLine:
+    analyst: str | None
+    action: str
+    sql: str | None
+    epsilon: float
+    delta: float
+    outcome: str
+    detail: str | None = None
+    query_id: str | None = None
+
+
+@dataclass(frozen=True)
 class Reservation:
     """Outcome of reserve(): charged, or an answer someone already paid for."""
 
@@ -139,6 +151,8 @@ class Ledger:
         self._local = threading.local()
         self._scopes: dict[str, _Scope] = {}
         self._scope_lock = threading.Lock()
+        # Spent totals only change with new charges: memoised by the charge count.
+        self._spent_memo: dict[tuple[str, int, tuple[float, float]], Spent] = {}
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             con = self._con()
@@ -267,18 +281,20 @@ class Ledger:
         return state
 
     def _catch_up_locked(self, con: sqlite3.Connection, scope: str, state: _Scope) -> None:
+        # Charges repeat the same few events: parse each distinct list once.
         if scope.startswith("dataset:"):
-            rows = con.execute("SELECT id, events FROM charges WHERE dataset = ? AND id > ? "
-                               "ORDER BY id", (self.dataset, state.seen)).fetchall()
+            rows = con.execute("SELECT events, COUNT(*), MAX(id) FROM charges WHERE dataset = ? "
+                               "AND id > ? GROUP BY events", (self.dataset, state.seen)).fetchall()
         else:
             analyst = scope.split(":", 2)[2]
-            rows = con.execute("SELECT id, events FROM charges WHERE dataset = ? AND "
-                               "analyst = ? AND id > ? ORDER BY id",
+            rows = con.execute("SELECT events, COUNT(*), MAX(id) FROM charges WHERE dataset = ? "
+                               "AND analyst = ? AND id > ? GROUP BY events",
                                (self.dataset, analyst, state.seen)).fetchall()
         if rows:
-            events = [event_from_dict(e) for _, text in rows for e in json.loads(text)]
+            events = [event_from_dict(e) for text, count, _ in rows
+                      for e in json.loads(text) for _ in range(count)]
             state.accountant.add(events)
-            state.seen = rows[-1][0]
+            state.seen = max(r[2] for r in rows)
 
     def _totals(self, con: sqlite3.Connection, scope: str) -> tuple[Decimal, Decimal, int]:
         row = con.execute("SELECT epsilon, delta, n FROM totals WHERE scope = ?",
@@ -357,10 +373,13 @@ class Ledger:
             hint="ask for a smaller epsilon, reuse an earlier answer (repeats are free), or "
             "ask the operator for more budget")
 
-    def complete(self, answer_key: str, result: str) -> None:
+    def complete(self, answer_key: str, result: str, audit: AuditLine | None = None) -> None:
+        """Store a released answer (and its audit line: one transaction, not two)."""
         with self._write() as con:
             con.execute("UPDATE answers SET status = 'done', result = ? WHERE key = ?",
                         (result, answer_key))
+            if audit is not None:
+                self._insert_audit(con, audit)
 
     def abandon(self, answer_key: str) -> None:
         """The charge stays (data may have been touched); only the pending mark goes."""
@@ -378,6 +397,18 @@ class Ledger:
 
     def _spent(self, con: sqlite3.Connection, scope: str, budget: tuple[float, float]) -> Spent:
         eps, delta, n = self._totals(con, scope)
+        memo_key = (scope, n, budget)
+        memo = self._spent_memo.get(memo_key)
+        if memo is not None:
+            return memo
+        spent = self._compute_spent(con, scope, budget, eps, delta, n)
+        if len(self._spent_memo) > 10_000:
+            self._spent_memo.clear()
+        self._spent_memo[memo_key] = spent
+        return spent
+
+    def _compute_spent(self, con: sqlite3.Connection, scope: str, budget: tuple[float, float],
+                       eps: Decimal, delta: Decimal, n: int) -> Spent:
         basic = (float(eps), float(delta))
         best = basic if delta <= dec(budget[1]) else (math.inf, math.inf)
         if budget[1] > 0 and n:
@@ -413,15 +444,19 @@ class Ledger:
     def audit(self, analyst: str | None, action: str, sql: str | None, epsilon: float,
               delta: float, outcome: str, detail: str | None = None,
               query_id: str | None = None) -> None:
+        line = AuditLine(analyst, action, sql, epsilon, delta, outcome, detail, query_id)
         try:
             with self._write() as con:
-                con.execute(
-                    "INSERT INTO audit (ts, dataset, analyst, action, sql, epsilon, delta, "
-                    "outcome, detail, query_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (time.time(), self.dataset, analyst, action, sql, repr(float(epsilon)),
-                     repr(float(delta)), outcome, detail, query_id))
+                self._insert_audit(con, line)
         except LedgerUnavailable:
             pass  # the charge, not the audit line, is what protects privacy
+
+    def _insert_audit(self, con: sqlite3.Connection, a: AuditLine) -> None:
+        con.execute(
+            "INSERT INTO audit (ts, dataset, analyst, action, sql, epsilon, delta, outcome, "
+            "detail, query_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (time.time(), self.dataset, a.analyst, a.action, a.sql, repr(float(a.epsilon)),
+             repr(float(a.delta)), a.outcome, a.detail, a.query_id))
 
     def audit_log(self, analyst: str | None = None, since: float | None = None,
                   until: float | None = None, limit: int = 100, offset: int = 0

@@ -28,7 +28,7 @@ from gateway import auth
 from gateway.calibrate import Calibration, calibrate, check_budget_request
 from gateway.engine import SourceTable, open_executor
 from gateway.errors import AuthError, GatewayError, InvalidRequest, QueryRejected
-from gateway.ledger import Analyst, Cost, Ledger
+from gateway.ledger import Analyst, AuditLine, Cost, Ledger
 from gateway.perturb import perturb
 from gateway.policy import Policy, load_policy
 from gateway.postprocess import PostProcessor, select_targets
@@ -155,8 +155,9 @@ class Gateway:
         except GatewayError as e:
             self.ledger.audit(who.name, "query", sql, 0.0, 0.0, e.code, e.message, query_id)
             raise
-        self.ledger.audit(who.name, "query", sql, result.epsilon_spent, result.delta_spent,
-                          "cached" if result.cached else "ok", None, query_id)
+        if result.cached or result.epsilon_spent == 0:  # charged answers were audited already
+            self.ledger.audit(who.name, "query", sql, 0.0, 0.0,
+                              "cached" if result.cached else "ok", None, query_id)
         return result
 
     def _public(self, plan: Plan, query_id: str, who: Analyst) -> QueryResult:
@@ -174,17 +175,20 @@ class Gateway:
         answer_key = hashlib.sha256("\x00".join(
             [self.policy.version, rewritten, cal.fingerprint()]).encode()).hexdigest()
         cost = Cost(cal.epsilon, cal.delta, cal.events)
-        self.executor.check(tree, [0 for _ in tree.find_all(exp.Placeholder)])
+        placeholders = sum(1 for _ in tree.find_all(exp.Placeholder))
+        self.executor.check(tree, [0] * placeholders, sql=rewritten)
         reservation = self.ledger.reserve(who, query_id, "query", plan.sql, cost, answer_key)
         if reservation.charged:
             try:
                 # A fresh secret salt per execution for the keyed hash that picks
                 # each unit's groups (only present when groups must be chosen).
-                params = [secrets.randbits(62) for _ in tree.find_all(exp.Placeholder)]
+                params = [secrets.randbits(62) for _ in range(placeholders)]
                 result = self.executor.execute(tree, params,
-                                               self.policy.model.limits.query_timeout_s)
+                                               self.policy.model.limits.query_timeout_s,
+                                               sql=rewritten)
                 table = perturb(plan, cal, result, self._rng)
-                self.ledger.complete(answer_key, encode_table(table))
+                self.ledger.complete(answer_key, encode_table(table), AuditLine(
+                    who.name, "query", plan.sql, cal.epsilon, cal.delta, "ok", None, query_id))
             except BaseException:
                 self.ledger.abandon(answer_key)
                 raise

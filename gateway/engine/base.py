@@ -46,8 +46,11 @@ class Executor(Protocol):
     dialect: str
 
     def execute(
-        self, tree: exp.Expression, params: Sequence[Any] = (), timeout_s: float | None = None
-    ) -> ResultSet: ...
+        self, tree: exp.Expression, params: Sequence[Any] = (), timeout_s: float | None = None,
+        sql: str | None = None,
+    ) -> ResultSet:
+        """Run ``tree`` (already rendered as ``sql`` in this dialect, if given)."""
+        ...
 
     def table_columns(self, table: str) -> dict[str, str]:
         """Column name -> policy type of a loaded table (public tables, validation)."""
@@ -57,7 +60,8 @@ class Executor(Protocol):
         """Distinct non-NULL values of a *public* table column (None if more than limit)."""
         ...
 
-    def check(self, tree: exp.Expression, params: Sequence[Any] = ()) -> None:
+    def check(self, tree: exp.Expression, params: Sequence[Any] = (), sql: str | None = None
+              ) -> None:
         """Plan without executing; raise QueryRejected for errors that need no data."""
         ...
 

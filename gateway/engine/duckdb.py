@@ -102,6 +102,7 @@ class DuckDBExecutor:
         self._con.execute("SET enable_external_access = false")
         self._con.execute("SET lock_configuration = true")
         self._lock = threading.Lock()
+        self._checked: set[str] = set()
 
     # -- loading ---------------------------------------------------------------
 
@@ -199,9 +200,10 @@ class DuckDBExecutor:
         return None if len(values) > limit else values
 
     def execute(
-        self, tree: exp.Expression, params: Sequence[Any] = (), timeout_s: float | None = None
+        self, tree: exp.Expression, params: Sequence[Any] = (), timeout_s: float | None = None,
+        sql: str | None = None,
     ) -> ResultSet:
-        sql = tree.sql(dialect="duckdb")
+        sql = sql if sql is not None else tree.sql(dialect="duckdb")
         cur = self._con.cursor()
         timer = None
         if timeout_s is not None:
@@ -234,11 +236,15 @@ class DuckDBExecutor:
         types = tuple(str(d[1]) for d in desc)
         return ResultSet(names, types, tuple(data[n] for n in names))
 
-    def check(self, tree: exp.Expression, params: Sequence[Any] = ()) -> None:
+    def check(self, tree: exp.Expression, params: Sequence[Any] = (), sql: str | None = None
+              ) -> None:
         """Plan the query without running it, so that errors which do not depend on
         data (a constant that does not convert, a type mismatch the planner could not
-        see) are reported before any budget is charged."""
-        sql = tree.sql(dialect="duckdb")
+        see) are reported before any budget is charged.  The answer depends on the
+        text alone, so it is remembered."""
+        sql = sql if sql is not None else tree.sql(dialect="duckdb")
+        if sql in self._checked:
+            return
         cur = self._con.cursor()
         try:
             cur.execute("EXPLAIN " + sql, list(params))
@@ -255,6 +261,10 @@ class DuckDBExecutor:
             ) from None
         finally:
             cur.close()
+        with self._lock:
+            if len(self._checked) > 10_000:
+                self._checked.clear()
+            self._checked.add(sql)
 
     def keyed_hash(self, args: list[exp.Expression], salt: exp.Expression) -> exp.Expression:
         return exp.Anonymous(this="hash", expressions=[*args, salt])

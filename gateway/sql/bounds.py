@@ -97,6 +97,11 @@ _PART_FUNCS: dict[type[exp.Expression], str] = {
 
 NUMERIC = ("int", "float")
 
+# Floating-point operations whose rounding can step outside the interval computed
+# for them (or make NaN), so their result is cleaned and clamped once more.
+_INEXACT: tuple[type[exp.Expression], ...] = (
+    exp.Add, exp.Sub, exp.Mul, exp.Div, exp.Pow, exp.Sqrt, exp.Ln, exp.Log, exp.Exp)
+
 
 class ValueBuilder:
     """Builds the sanitised, clamped engine expression of an aggregate argument."""
@@ -121,9 +126,10 @@ class ValueBuilder:
                 rule="unbounded", span=span_of(node, self.sql))
         if iv.empty:
             return exp.Null(), iv
-        bare = node.unnest()
-        if isinstance(bare, exp.Column | exp.Literal | exp.Boolean):
-            return value, iv  # already cleaned and clamped (or a constant)
+        if not any(isinstance(n, _INEXACT) for n in value.walk()):
+            # Only selections among clamped columns and constants (CASE, COALESCE,
+            # LEAST, ...) and exact operations: the value cannot leave the interval.
+            return value, iv
         return self._clamp(value, iv, check_nan=not iv.integral), iv
 
     # -- value context ------------------------------------------------------------------

@@ -37,6 +37,7 @@ class DomainFinder:
         self._distinct = distinct_values
         self.limit = limit
         self._cache: dict[tuple[str, str], list[Any] | None] = {}
+        self._domains: dict[tuple[str, tuple[ColInfo, ...]], list[Any] | None] = {}
         self._lock = threading.Lock()
         self._scratch = duckdb.connect(":memory:", config={
             "autoload_known_extensions": False, "autoinstall_known_extensions": False,
@@ -89,14 +90,21 @@ class DomainFinder:
             size *= max(1, len(d))
         if size > self.limit:
             return None
-        return self._evaluate(bare, scope, sql, list(columns.values()), domains)
+        infos = tuple(info for _, info in columns.values())
+        memo_key = (self._swapped(bare, scope, sql, infos).sql(dialect="duckdb"), infos)
+        with self._lock:
+            if memo_key in self._domains:
+                return self._domains[memo_key]
+        found = self._evaluate(bare, scope, sql, list(columns.values()), domains)
+        with self._lock:
+            self._domains[memo_key] = found
+        return found
 
-    def _evaluate(self, key: exp.Expression, scope: Scope, sql: str,
-                  columns: list[tuple[exp.Column, ColInfo]], domains: list[list[Any]]
-                  ) -> list[Any] | None:
-        names = {}
-        for i, (_, info) in enumerate(columns):
-            names[id(info)] = f"c{i}"
+    @staticmethod
+    def _swapped(key: exp.Expression, scope: Scope, sql: str, infos: tuple[ColInfo, ...]
+                 ) -> exp.Expression:
+        """``key`` with its columns renamed c0, c1, ... in order of first appearance."""
+        names = {id(info): f"c{i}" for i, info in enumerate(infos)}
 
         def swap(node: exp.Expression) -> exp.Expression:
             if isinstance(node, exp.Column):
@@ -104,7 +112,12 @@ class DomainFinder:
                 return exp.column(names[id(info)])
             return node
 
-        expr = key.copy().transform(swap)
+        return key.copy().transform(swap)
+
+    def _evaluate(self, key: exp.Expression, scope: Scope, sql: str,
+                  columns: list[tuple[exp.Column, ColInfo]], domains: list[list[Any]]
+                  ) -> list[Any] | None:
+        expr = exp.Try(this=self._swapped(key, scope, sql, tuple(i for _, i in columns)))
         if columns:
             rows = list(itertools.product(*domains))
             values = exp.Values(

@@ -1,13 +1,7 @@
 WITH "__dp_rows" AS (
   SELECT
     "visits"."user_id" AS "__dp_unit",
-    TRY(
-      CASE
-        WHEN CASE WHEN converted THEN 1 ELSE 0 END IS NULL
-        THEN NULL
-        ELSE LEAST(GREATEST(CASE WHEN converted THEN 1 ELSE 0 END, 0), 1)
-      END
-    ) AS "__dp_v0"
+    TRY(CASE WHEN converted THEN 1 ELSE 0 END) AS "__dp_v0"
   FROM visits
   WHERE
     NOT "visits"."user_id" IS NULL

@@ -1,14 +1,7 @@
 WITH "__dp_rows" AS (
   SELECT
     "visits"."user_id" AS "__dp_unit",
-    TRY(
-      CASE
-        WHEN CASE WHEN spend > 1000 THEN 1.0 ELSE 0.0 END IS NULL
-        OR ISNAN(CASE WHEN spend > 1000 THEN 1.0 ELSE 0.0 END)
-        THEN NULL
-        ELSE LEAST(GREATEST(CASE WHEN spend > 1000 THEN 1.0 ELSE 0.0 END, 0.0), 1.0)
-      END
-    ) AS "__dp_v0"
+    TRY(CASE WHEN spend > 1000 THEN 1.0 ELSE 0.0 END) AS "__dp_v0"
   FROM visits
   WHERE
     NOT "visits"."user_id" IS NULL
