@@ -1,26 +1,44 @@
 """Pass 1: text -> one sqlglot SELECT tree, or a rejection.
 
 sqlglot parses recursively and overflows Python's stack on a few dozen nested
-parentheses, so nesting is measured with a small scanner *before* parsing;
-statement kinds are decided on the parsed tree, never by keyword matching.
+parentheses, so nesting is measured *before* parsing, on sqlglot's own tokens
+(a text scanner of our own would disagree with the tokenizer about where
+strings end: ``$$'$$`` or ``E'\\''`` hide parentheses from it).  Long chains
+without parentheses (``- - - x``, ``x::INT::INT...``, ``a + b + ...``) build
+deep trees too, which the later passes walk recursively, so the depth of the
+parsed tree is bounded as well.  Statement kinds are decided on the parsed
+tree, never by keyword matching.
 """
 
 from __future__ import annotations
 
 import re
 
-import sqlglot
 from sqlglot import exp
+from sqlglot.dialects.dialect import Dialect
 from sqlglot.errors import ParseError, TokenError
+from sqlglot.tokens import Token, TokenType
 
 from gateway.errors import QueryRejected, Span
 
 MAX_NESTING = 24
+# Deepest parsed tree accepted: every operator (AND/OR included), cast or function
+# adds a level.  The later passes recurse per level (sqlglot spends about five
+# frames per level to print SQL, and the rewrite can double a level: a cast becomes
+# TRY_CAST(ROUND(x))), Python stops at 1000 frames and DuckDB's parser at 1000 levels.
+MAX_TREE_DEPTH = 64
 _CASE_WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_PY_CLASS = re.compile(r"<class '(?:[\w.]+\.)?(\w+)'>")
+_OPEN = frozenset({TokenType.L_PAREN, TokenType.L_BRACKET, TokenType.L_BRACE, TokenType.CASE})
+_CLOSE = frozenset({TokenType.R_PAREN, TokenType.R_BRACKET, TokenType.R_BRACE, TokenType.END})
 
 
 def nesting_depth(sql: str) -> int:
-    """Deepest nesting of parentheses and CASE ... END outside strings and comments."""
+    """Deepest nesting of parentheses and CASE ... END outside strings and comments.
+
+    A quick estimate on the raw text; :func:`parse` measures on sqlglot's tokens
+    (:func:`token_depth`), which agree with the parser about where strings end.
+    """
     depth = best = 0
     i, n = 0, len(sql)
     while i < n:
@@ -59,6 +77,38 @@ def nesting_depth(sql: str) -> int:
     return best
 
 
+def token_depth(tokens: list[Token]) -> int:
+    """Deepest nesting of (), [], {} and CASE ... END in a token list."""
+    depth = best = 0
+    for tok in tokens:
+        if tok.token_type in _OPEN:
+            depth += 1
+            best = max(best, depth)
+        elif tok.token_type in _CLOSE:
+            depth -= 1
+    return best
+
+
+def tree_depth(tree: exp.Expression) -> int:
+    """Depth of a parsed tree, measured without recursion."""
+    best = 0
+    stack: list[tuple[exp.Expression, int]] = [(tree, 1)]
+    while stack:
+        node, depth = stack.pop()
+        best = max(best, depth)
+        stack.extend((child, depth + 1) for child in node.iter_expressions())
+    return best
+
+
+def _too_deep(depth: int, what: str, limit: int) -> QueryRejected:
+    return QueryRejected(
+        f"the query nests {what} {depth} deep; the limit is {limit}",
+        hint="flatten the expression: fewer nested parentheses, CASE expressions, casts or "
+        "chained operators (an IN list instead of many ORs, a CTE for a repeated part)",
+        rule="too_deep",
+    )
+
+
 def parse(sql: str, *, max_length: int = 20_000, dialect: str = "duckdb") -> exp.Select:
     """Parse exactly one SELECT statement (WITH ... SELECT included)."""
     if not isinstance(sql, str) or not sql.strip():
@@ -69,27 +119,39 @@ def parse(sql: str, *, max_length: int = 20_000, dialect: str = "duckdb") -> exp
             hint="shorten it", rule="too_long",
         )
     if "\x00" in sql:
-        raise QueryRejected("the query contains a NUL character", rule="parse")
-    depth = nesting_depth(sql)
-    if depth > MAX_NESTING:
-        raise QueryRejected(
-            f"the query nests parentheses or CASE expressions {depth} deep; the limit is "
-            f"{MAX_NESTING}",
-            hint="flatten the expression", rule="too_deep",
-        )
+        raise QueryRejected("the query contains a NUL character",
+                            hint="remove the NUL (\\0) character from the text", rule="parse")
     try:
-        statements = sqlglot.parse(sql, dialect=dialect)
+        parser_dialect = Dialect.get_or_raise(dialect)
+    except ValueError:
+        raise QueryRejected(f"unknown SQL dialect {dialect!r}", hint="use duckdb or postgres",
+                            rule="parse") from None
+    try:
+        tokens = parser_dialect.tokenize(sql)
+        depth = token_depth(tokens)
+        if depth > MAX_NESTING:
+            raise _too_deep(depth, "parentheses or CASE expressions", MAX_NESTING)
+        statements = parser_dialect.parser().parse(tokens, sql)
     except (ParseError, TokenError) as e:
         raise _parse_rejection(sql, e) from None
     except RecursionError:
-        raise QueryRejected("the query is nested too deeply to analyse", rule="too_deep") from None
-    statements = [s for s in statements if s is not None]
+        raise QueryRejected("the query is nested too deeply to analyse",
+                            hint="flatten the expression: fewer nested parentheses, CASE "
+                            "expressions, casts or chained operators",
+                            rule="too_deep") from None
+    statements = [s for s in statements if s is not None and not isinstance(s, exp.Semicolon)]
+    if not statements:
+        raise QueryRejected("the query is empty", hint="send one SELECT statement",
+                            rule="parse")
     if len(statements) != 1:
         raise QueryRejected(
             f"send exactly one statement (found {len(statements)})",
             hint="split the text and send each SELECT on its own", rule="multiple_statements",
         )
     tree = statements[0]
+    depth = tree_depth(tree)
+    if depth > MAX_TREE_DEPTH:
+        raise _too_deep(depth, "expressions", MAX_TREE_DEPTH)
     if not isinstance(tree, exp.Select):
         kind = type(tree).__name__.upper()
         if isinstance(tree, exp.SetOperation):
@@ -98,8 +160,15 @@ def parse(sql: str, *, max_length: int = 20_000, dialect: str = "duckdb") -> exp
                 hint="run each SELECT separately (each is charged on its own)",
                 rule="statement_kind",
             )
+        if isinstance(tree, exp.Command):
+            kind = tree.name.upper() or kind  # EXPLAIN, CALL, LOAD, RESET, ...
+        if isinstance(tree, exp.Column | exp.Identifier | exp.Literal | exp.Paren | exp.Binary |
+                      exp.Func):
+            what = "not a statement"
+        else:
+            what = f"{'an' if kind[:1] in 'AEIOU' else 'a'} {kind} statement"
         raise QueryRejected(
-            f"only SELECT queries are allowed; this is a {kind} statement",
+            f"only SELECT queries are allowed; this is {what}",
             hint="the gateway answers aggregate SELECT queries; it cannot change data, "
             "settings or the catalog", rule="statement_kind",
         )
@@ -117,6 +186,8 @@ def _parse_rejection(sql: str, e: Exception) -> QueryRejected:
             hl = str(first.get("highlight") or "")
             span = Span(max(0, offset - len(hl)), offset, hl)
         desc = str(first.get("description") or "syntax error")
+        # "missing for <class 'sqlglot.expressions.query.Where'>" -> "missing for WHERE"
+        desc = _PY_CLASS.sub(lambda m: m.group(1).upper(), desc)
     else:
         desc = "syntax error"
     return QueryRejected(f"the SQL does not parse: {desc}", hint="fix the syntax", rule="parse",
