@@ -121,7 +121,29 @@ def check_budget_request(epsilon: float, delta: float, mechanism: str, *,
                              hint="pass delta=1e-6, or use mechanism='laplace'")
 
 
+# Beyond this a sensitivity is not a bound anyone meant (e.g. SUM(x * 1e305)), and
+# noise scales and grids would overflow.
+MAX_SENSITIVITY = 1e100
+
+
 def calibrate(plan: Plan, epsilon: float, delta: float, mechanism: str) -> Calibration:
+    for s in plan.stats:
+        l1, l2 = s.sensitivity(plan.max_rows, plan.max_groups)
+        if not (math.isfinite(l1) and math.isfinite(l2)) or max(l1, l2) > MAX_SENSITIVITY:
+            label = next((a.label for a in plan.aggs if s.name in a.stats), "an aggregate")
+            raise QueryRejected(
+                f"the bounds of {label} are so wide that its noise would be infinite",
+                hint="clamp the value to the range you care about, e.g. "
+                "LEAST(GREATEST(x, 0), 1000)", rule="unbounded")
+    try:
+        return _calibrate(plan, epsilon, delta, mechanism)
+    except ValueError as e:  # a parameter the samplers cannot honour (extreme bounds or ε)
+        raise QueryRejected(f"this query's noise cannot be calibrated ({e})",
+                            hint="narrow the bounds of the aggregated values or use a more "
+                            "moderate epsilon", rule="calibration") from None
+
+
+def _calibrate(plan: Plan, epsilon: float, delta: float, mechanism: str) -> Calibration:
     noisy = [s for s in plan.stats if _l1(s, plan) > 0]
     exact = [s for s in plan.stats if _l1(s, plan) == 0]
     ps = plan.partition_selection
@@ -184,11 +206,8 @@ def _laplace(s: StatSpec, plan: Plan, eps: float) -> tuple[StatNoise, PrivacyEve
         ci = discrete_laplace_ci95(scale)
         return (StatNoise(s.name, "discrete_laplace", Grid(1.0, True), scale, eps, ci),
                 DiscreteLaplaceEvent(eps, sens))
-    if _is_integral(s, plan):  # huge scale: rounded continuous Laplace on the integer grid
-        scale = l1 / eps
-        return (StatNoise(s.name, "laplace", Grid(1.0, True), scale, eps,
-                          rounded_ci95(laplace_ci95(scale), 1.0, value_on_grid=True)),
-                LaplaceEvent(eps))
+    # Real values, or integers whose noise is too wide for exact integer sampling:
+    # Laplace rounded to a power-of-two grid chosen from the scale.
     g = choose_grid(l1 / eps, l1)
     sens_units = grid_sensitivity(l1, g, plan.max_groups, "l1") / g
     scale = sens_units / eps
@@ -206,12 +225,13 @@ def _gaussian(stats: list[StatSpec], plan: Plan, eps: float, delta: float,
     out = {}
     for s in stats:
         l1, l2 = s.sensitivity(plan.max_rows, plan.max_groups)
-        if _is_integral(s, plan):
+        integral = _is_integral(s, plan) and sigma_joint * l2 <= MAX_DISCRETE_SCALE
+        if integral:
             g, sens = 1.0, float(math.ceil(l2 - 1e-9)) if s.kind == "sum" else l2
         else:
             g = choose_grid(sigma_joint * l2, l1)
             sens = grid_sensitivity(l2, g, plan.max_groups, "l2") / g
         sigma = sigma_joint * sens
         ci = rounded_ci95(gaussian_ci95(sigma * g), g, value_on_grid=False)
-        out[s.name] = StatNoise(s.name, "gaussian", Grid(g, _is_integral(s, plan)), sigma, eps, ci)
+        out[s.name] = StatNoise(s.name, "gaussian", Grid(g, integral), sigma, eps, ci)
     return out

@@ -245,6 +245,9 @@ class PolicyModel(_Strict):
     def _cross_refs(self) -> PolicyModel:
         if not self.tables:
             raise ValueError("no tables; declare at least one under `tables:`")
+        _unique_ignoring_case(self.tables, "tables", "tables")
+        for tname, table in self.tables.items():
+            _unique_ignoring_case(table.columns, f"tables.{tname}.columns", "columns")
         for tname, table in self.tables.items():
             for cname, col in table.columns.items():
                 ref = col.public_values_from
@@ -272,6 +275,16 @@ class PolicyModel(_Strict):
         if self.defaults.mechanism == "gaussian" and self.defaults.delta == 0:
             raise ValueError("defaults: the gaussian mechanism needs delta > 0")
         return self
+
+
+def _unique_ignoring_case(names: dict[str, Any], where: str, what: str) -> None:
+    """SQL names are case-insensitive: two that differ only in case are one name."""
+    seen: dict[str, str] = {}
+    for name in names:
+        other = seen.setdefault(name.lower(), name)
+        if other != name:
+            raise ValueError(f"{where}: {other!r} and {name!r} name the same {what[:-1]} "
+                             f"(SQL names ignore case); rename or remove one")
 
 
 class Policy:
@@ -327,7 +340,9 @@ def load_policy(path: str | Path) -> Policy:
             f"GATEWAY_POLICY"
         ) from None
     try:
-        data = yaml.safe_load(raw_bytes)
+        data = yaml.load(raw_bytes, Loader=_UniqueKeyLoader)  # a SafeLoader subclass
+    except _DuplicateKey as e:
+        raise PolicyError(f"{p}: {e}") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
@@ -340,6 +355,26 @@ def load_policy(path: str | Path) -> Policy:
         raise PolicyError(_describe(p, e)) from None
     version = hashlib.sha256(raw_bytes).hexdigest()[:16]
     return Policy(model, p.resolve(), version)
+
+
+class _DuplicateKey(Exception):
+    pass
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A SafeLoader that refuses duplicate keys: PyYAML would keep the last one, so
+    `max_rows_per_unit` written twice would silently take the later value."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+            if key in seen:
+                line = key_node.start_mark.line + 1
+                raise _DuplicateKey(f"line {line}: key {key!r} appears twice in one mapping; "
+                                    f"keep one")
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
 _FIXES = {

@@ -65,7 +65,7 @@ class PostProcessor:
     def run_public(self, rows: list[tuple[Any, ...]], names: list[str], types: list[str]
                    ) -> tuple[list[Column], list[tuple[Any, ...]]]:
         return ([Column(n, policy_type(t)) for n, t in zip(names, types, strict=True)],
-                [tuple(_clean(v) for v in row) for row in rows])
+                [tuple(_clean(_plain(v)) for v in row) for row in rows])
 
     def close(self) -> None:
         self._con.close()
@@ -85,6 +85,15 @@ def to_frame(plan: Plan, table: NoisyTable) -> pd.DataFrame:
     for key in plan.keys:
         frame[key.name] = frame[key.name].infer_objects()
     return frame
+
+
+def _plain(v: Any) -> Any:
+    """Engine (numpy) values as plain Python: masked -> None, numpy scalars -> items."""
+    if v is np.ma.masked:
+        return None
+    if isinstance(v, np.generic):
+        return v.item()
+    return v
 
 
 def _clean(v: Any) -> Any:

@@ -343,12 +343,8 @@ def test_policy_errors_do_not_depend_on_the_working_directory(
     assert "policy.yaml" in err.value.message
 
 
-# -- known gaps (see the report): xfail until policy loading is fixed ------------------------
+# -- duplicate and case-insensitive names ----------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason=(
-    "PyYAML keeps the last of duplicate mapping keys, so a policy that says "
-    "max_rows_per_unit twice (or declares a column twice) loads silently with the later "
-    "value: a typo can weaken privacy without any error"))
 def test_duplicate_keys_are_refused(tmp_path: Path) -> None:
     text = WEB_POLICY.read_text().replace("../sample_data/", str(SAMPLE) + "/")
     text = text.replace("max_rows_per_unit: 20",
@@ -359,9 +355,6 @@ def test_duplicate_keys_are_refused(tmp_path: Path) -> None:
     assert "max_rows_per_unit" in err.value.message
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "SQL names are case-insensitive, but two columns differing only in case (spend, SPEND "
-    "with other bounds) load without error; which declaration a query gets is arbitrary"))
 def test_columns_differing_only_in_case_are_refused(tmp_path: Path) -> None:
     data = base()
     _visits(data)["columns"]["SPEND"] = {"type": "float", "bounds": [0, 1e9]}
@@ -371,10 +364,6 @@ def test_columns_differing_only_in_case_are_refused(tmp_path: Path) -> None:
     assert "SPEND" in err.value.message
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "two tables differing only in case (visits, Visits) fail at open with a misleading "
-    "'loading the source failed (CatalogException); check the declared column types' "
-    "instead of naming the clash"))
 def test_tables_differing_only_in_case_are_named(tmp_path: Path) -> None:
     data = base()
     data["tables"]["Visits"] = copy.deepcopy(data["tables"]["countries"])

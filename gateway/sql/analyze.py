@@ -35,6 +35,7 @@ from gateway.sql.typecheck import check_constants, check_mismatches, guard_condi
 from gateway.sql.validate import AGGREGATES, span_of
 
 ROW_ID = "__dp_row"
+GROUPABLE = ("int", "float", "text", "bool", "date", "timestamp")
 
 
 @dataclass(frozen=True)
@@ -345,7 +346,8 @@ class _Analyzer:
         except QueryRejected:
             pass
         domain = None if sensitive else self.ctx.domains.key_domain(inner, scope, self.sql)
-        kind = ("int" if integral else "float") if bounds is not None else "unknown"
+        kind = ("int" if integral else "float") if bounds is not None else \
+            self.ctx.domains.expr_type(inner, scope, self.sql)
         return [ColInfo(name, kind, bounds=bounds,
                         public_values=tuple(domain) if domain is not None else None,
                         sensitive=sensitive)]
@@ -404,9 +406,16 @@ class _Analyzer:
             if c in seen:
                 continue
             seen.add(c)
+            kind = self.ctx.domains.expr_type(e, scope, self.sql)
+            if kind not in GROUPABLE:
+                raise QueryRejected(
+                    f"cannot group by {e.sql(dialect='duckdb')}: its type is "
+                    f"{'not known' if kind == 'unknown' else kind}",
+                    hint="group by a column, or CAST the key to VARCHAR, BIGINT, DOUBLE, DATE "
+                    "or TIMESTAMP", rule="group", span=span_of(e, self.sql))
             domain = self.ctx.domains.key_domain(e, scope, self.sql)
             keys.append(KeySpec(f"__dp_k{len(keys)}", e.copy(), c,
-                                tuple(domain) if domain is not None else None))
+                                tuple(domain) if domain is not None else None, kind))
         return keys
 
     def _resolve_group_ref(self, g: exp.Expression, tree: exp.Select, scope: Scope

@@ -314,9 +314,12 @@ class ValueBuilder:
             out.set("this", v)
             if digits is not None:
                 # ROUND(x, d) moves x by at most half a unit of 10^-d.
+                sign = 1
+                if isinstance(digits, exp.Neg):
+                    sign, digits = -1, digits.this
                 if not isinstance(digits, exp.Literal) or digits.is_string:
                     raise self._reject(node, "ROUND's digits must be a constant", "use a number")
-                step = 10 ** -int(float(digits.this))
+                step = 10.0 ** -(sign * int(float(digits.this)))
                 return out, Interval(iv.lo - step, iv.hi + step, iv.integral and step >= 1)
             f = {exp.Round: round, exp.Floor: math.floor, exp.Ceil: math.ceil}[type(node)]
             return out, _monotone(lambda x: float(f(x)) if math.isfinite(x) else x, iv, True)

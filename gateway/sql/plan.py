@@ -26,6 +26,7 @@ class KeySpec:
     expr: exp.Expression  # over the FROM scope
     canon: str  # canonical SQL, to find the key again in SELECT/HAVING/ORDER BY
     domain: tuple[Any, ...] | None  # public values, or None: partition selection
+    type: str = "unknown"  # policy type of the key's values
 
 
 @dataclass(frozen=True)

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from sqlglot import exp
 
 from gateway.engine.base import Executor
-from gateway.sql.plan import Plan, StatSpec
+from gateway.sql.plan import KeySpec, Plan, StatSpec
 
 MAX_IN_LIST = 1000
 
@@ -120,7 +120,7 @@ class _Rewriter:
         assert self.plan.unit is not None
         items: list[exp.Expression] = [exp.alias_(self.plan.unit.copy(), "__dp_unit", quoted=True)]
         for key in self.plan.keys:
-            items.append(exp.alias_(self._guard(key.expr.copy()), key.name, quoted=True))
+            items.append(exp.alias_(self._key(key), key.name, quoted=True))
         by_value = {}
         for s in self.plan.stats:
             assert s.value is not None
@@ -139,6 +139,20 @@ class _Rewriter:
             conds.insert(0, where.this)
         rel.set("where", exp.Where(this=exp.and_(*conds)))
         return rel
+
+    def _key(self, key: KeySpec) -> exp.Expression:
+        """A key value that can always be fetched: dates and timestamps outside years
+        1-9999 (valid in the engine, not in Python) become NULL row by row, so their
+        presence cannot make the query fail."""
+        e = self._guard(key.expr.copy())
+        if key.type not in ("date", "timestamp") or (
+                key.domain is not None and len(key.domain) <= MAX_IN_LIST):
+            return e
+        kind = "DATE" if key.type == "date" else "TIMESTAMP"
+        lo = exp.Cast(this=exp.Literal.string("0001-01-01"), to=exp.DataType.build(kind))
+        hi = exp.Cast(this=exp.Literal.string("9999-12-31"), to=exp.DataType.build(kind))
+        inside = exp.Between(this=e.copy(), low=lo, high=hi)
+        return self.ex.guard(exp.Case(ifs=[exp.If(this=inside, true=e)]))
 
     def _guard(self, e: exp.Expression) -> exp.Expression:
         if isinstance(e, exp.Column | exp.Literal | exp.Null | exp.Boolean):

@@ -387,7 +387,7 @@ def test_constant_query_without_from_is_refused(gw: Gateway) -> None:
     assert "visits" in (err.value.hint or "")
 
 
-# -- known gaps in the core (see the report): xfail until fixed --------------------------------
+# -- extreme bounds and public values -----------------------------------------------------------
 
 HUGE_SENSITIVITY = [
     "SELECT SUM(COALESCE(spend, 1e308)) AS s FROM visits",
@@ -397,10 +397,6 @@ HUGE_SENSITIVITY = [
 ]
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError, reason=(
-    "bounds whose product with max_rows_per_unit (or whose square, for VARIANCE) overflows "
-    "to inf pass planning; calibrate() then raises a bare ValueError('noise_scale must be a "
-    "finite number > 0, got inf') instead of a QueryRejected naming the expression"))
 @pytest.mark.parametrize("sql", HUGE_SENSITIVITY)
 def test_overflowing_sensitivity_is_a_rejection(gw: Gateway, sql: str) -> None:
     charges = gw.ledger.charges()
@@ -410,10 +406,6 @@ def test_overflowing_sensitivity_is_a_rejection(gw: Gateway, sql: str) -> None:
     assert gw.ledger.charges() == charges
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "public-only queries return the engine's numpy values as they are: NULL comes back as "
-    "numpy.ma.masked and integers as numpy.int64 instead of None and int (private results "
-    "are plain Python values)"))
 def test_public_query_values_are_plain_python(gw: Gateway) -> None:
     r = gw.query("SELECT CAST(NULL AS INT) AS x, region, COUNT(*) AS n FROM countries "
                  "GROUP BY region ORDER BY region", analyst="alice")
