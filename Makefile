@@ -12,8 +12,11 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+# Serves the sample data over HTTP (and the PostgreSQL-wire proxy when installed);
+# creates the analyst 'demo' on first start and prints its key, a curl line and a
+# Python snippet. Ctrl-C stops it.
 run: $(STAMP)
-	$(BIN)/gateway demo
+	$(BIN)/gateway serve --policy policies/web.yaml --demo
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -n 2 -q

@@ -32,6 +32,34 @@ def _budget_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mechanism", choices=["laplace", "gaussian"], default=None)
 
 
+def _remote(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--url", default=None,
+                   help="ask a running `gateway serve` at this URL instead of in-process")
+    p.add_argument("--key", default=os.environ.get("GATEWAY_KEY"),
+                   help="API key for --url (default: $GATEWAY_KEY)")
+
+
+def _serve_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--host", default="127.0.0.1", help="interface to listen on")
+    p.add_argument("--http-port", type=int, default=8000, help="HTTP port (default 8000)")
+    p.add_argument("--pg-port", type=int, default=5433,
+                   help="PostgreSQL-wire proxy port (default 5433)")
+    p.add_argument("--no-pg", action="store_true", help="do not start the PostgreSQL proxy")
+    p.add_argument("--workers", type=int, default=4,
+                   help="threads running queries (default 4)")
+    p.add_argument("--queue", type=int, default=64,
+                   help="requests that may wait for a worker before 503 (default 64)")
+    p.add_argument("--request-timeout", type=float, default=65.0,
+                   help="seconds before a request answers 503 (default 65)")
+    p.add_argument("--max-body", type=int, default=1 << 20,
+                   help="largest request body in bytes (default 1 MiB)")
+    p.add_argument("--demo", action="store_true",
+                   help="create the analyst 'demo' on first start and print how to use it")
+    p.add_argument("--access-log", action="store_true", help="log every request")
+    p.add_argument("--log-level", default="info",
+                   choices=["critical", "error", "warning", "info", "debug"])
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gateway", description="Differentially private SQL")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -42,11 +70,13 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--json", action="store_true", help="print the full result as JSON")
     _budget_args(q)
     _common(q)
+    _remote(q)
 
     e = sub.add_parser("explain", help="show the plan, cost and accuracy; charges nothing")
     e.add_argument("sql")
     _budget_args(e)
     _common(e)
+    _remote(e)
 
     a = sub.add_parser("analyst", help="manage analysts")
     asub = a.add_subparsers(dest="analyst_command", required=True)
@@ -62,6 +92,11 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("budget", help="show spent and remaining budget")
     b.add_argument("name", nargs="?", default=None)
     _common(b)
+    _remote(b)
+
+    srv = sub.add_parser("serve", help="serve HTTP (and the PostgreSQL-wire proxy)")
+    _serve_args(srv)
+    _common(srv)
 
     s = sub.add_parser("sample-data", help="generate the sample data set")
     s.add_argument("--rows", default="100000")
@@ -79,7 +114,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         from gateway.sample_data import main as sample_main
 
         return sample_main(["--rows", args.rows, "--out", args.out, "--seed", args.seed])
+    if getattr(args, "url", None):
+        return _run_remote(args)
     try:
+        if args.command == "serve":
+            from gateway.serve import main as serve_main
+
+            return serve_main(args)
         return _run(args)
     except BudgetExceeded as e:
         print(f"budget exceeded: {e.detail}", file=sys.stderr)
@@ -129,6 +170,50 @@ def _run(args: argparse.Namespace) -> int:
                                     "epsilon_remaining"], rows))
         elif args.command == "budget":
             print(json.dumps(gw.budget(args.name), indent=2))
+    return 0
+
+
+def _run_remote(args: argparse.Namespace) -> int:
+    """query/explain/budget against a running server: same output, same exit codes."""
+    from gateway import client
+
+    if not args.key:
+        print("error: --url needs --key KEY (or $GATEWAY_KEY)", file=sys.stderr)
+        return 1
+    try:
+        with client.connect(args.url, api_key=args.key) as conn:
+            if args.command == "query":
+                r = conn.query(args.sql, epsilon=args.epsilon, delta=args.delta,
+                               mechanism=args.mechanism)
+                if args.json:
+                    print(json.dumps(r.to_dict(), indent=2))
+                else:
+                    print(format_table([c.name for c in r.columns], r.rows))
+                    print(describe_release(r.to_dict()), file=sys.stderr)
+            elif args.command == "explain":
+                print(json.dumps(conn.explain(args.sql, epsilon=args.epsilon, delta=args.delta,
+                                              mechanism=args.mechanism), indent=2))
+            elif args.command == "budget":
+                b = conn.budget()
+                if args.name and args.name != b.get("analyst"):
+                    print("error: over --url the budget shown is the key holder's own",
+                          file=sys.stderr)
+                    return 1
+                print(json.dumps(b, indent=2))
+    except client.Error as e:
+        kind = getattr(e, "type", None)
+        if kind == "budget_exceeded":
+            print(f"budget exceeded: {e}", file=sys.stderr)
+            return 3
+        if kind == "query_rejected":
+            print(f"rejected: {e}", file=sys.stderr)
+            span = (getattr(e, "problem", None) or {}).get("span")
+            if span:
+                print(f"  at: {span['text']!r} (characters {span['start']}-{span['end']})",
+                      file=sys.stderr)
+            return 2
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     return 0
 
 
