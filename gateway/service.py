@@ -11,7 +11,6 @@ charge depends only on the SQL, the policy and the requested ε/δ.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import secrets
@@ -32,6 +31,7 @@ from gateway.ledger import Analyst, AuditLine, Cost, Ledger
 from gateway.perturb import perturb
 from gateway.policy import Policy, load_policy
 from gateway.postprocess import PostProcessor, select_targets
+from gateway.prepared import LRU, Prepared, answer_key
 from gateway.privacy.partition_selection import threshold_summary
 from gateway.privacy.random import RandomSource, SecureRandom
 from gateway.results import Accuracy, Explanation, QueryResult, decode_table, encode_table
@@ -71,6 +71,10 @@ class Gateway:
         self._context = Context(policy, self.executor.table_columns, self.domains,
                                 self.executor.is_nan, self.executor.guard)
         self._tables = {name.lower() for name in model.tables}
+        self._plans: LRU[tuple[str, str], Plan] = LRU(1024)
+        self._prepared: LRU[tuple[str, str, float, float, str], Prepared] = LRU(1024)
+        self._answers: LRU[str, str] = LRU(256)
+        self._released: LRU[tuple[str, str], tuple[Any, Any, Any]] = LRU(256)
         self._closed = threading.Event()
 
     @classmethod
@@ -143,15 +147,13 @@ class Gateway:
                  dialect: str = "duckdb") -> QueryResult:
         """Answer ``sql`` for an authenticated analyst (adapters call this)."""
         query_id = uuid.uuid4().hex
-        eps = float(epsilon) if isinstance(epsilon, int | float) else 0.0
         try:
             eps, dlt, mech = self._request(epsilon, delta, mechanism)
-            plan = self.plan(sql, dialect=dialect)
-            if plan.public_query is not None:
-                result = self._public(plan, query_id, who)
+            prep = self.prepare(sql, eps, dlt, mech, dialect=dialect)
+            if prep.cal is None:
+                result = self._public(prep, query_id, who)
             else:
-                cal = calibrate(plan, eps, dlt, mech)
-                result = self._release(plan, cal, who, query_id)
+                result = self._release(prep, who, query_id)
         except GatewayError as e:
             self.ledger.audit(who.name, "query", sql, 0.0, 0.0, e.code, e.message, query_id)
             raise
@@ -160,46 +162,75 @@ class Gateway:
                               "cached" if result.cached else "ok", None, query_id)
         return result
 
-    def _public(self, plan: Plan, query_id: str, who: Analyst) -> QueryResult:
-        assert plan.public_query is not None
-        res = self.executor.execute(plan.public_query, (),
-                                    self.policy.model.limits.query_timeout_s)
+    def prepare(self, sql: str, epsilon: float, delta: float, mechanism: str, *,
+                dialect: str = "duckdb") -> Prepared:
+        """Plan, calibrate, rewrite and dry-run: everything that needs no data."""
+        key = (dialect, sql, epsilon, delta, mechanism)
+        found = self._prepared.get(key)
+        if found is not None:
+            return found
+        plan = self._plans.get_or((dialect, sql), lambda: self.plan(sql, dialect=dialect))
+        if plan.public_query is not None:
+            text = plan.public_query.sql(dialect=self.executor.dialect)
+            return self._prepared.put(key, Prepared(plan, None, plan.public_query, text, None, 0))
+        cal = calibrate(plan, epsilon, delta, mechanism)
+        tree = rewrite(plan, cal.grids, self.executor)
+        rewritten = tree.sql(dialect=self.executor.dialect)
+        placeholders = sum(1 for _ in tree.find_all(exp.Placeholder))
+        self.executor.check(tree, [0] * placeholders, sql=rewritten)
+        prep = Prepared(plan, cal, tree, rewritten,
+                        answer_key(self.policy.version, rewritten, cal), placeholders,
+                        plan.post.sql(dialect="duckdb"))
+        return self._prepared.put(key, prep)
+
+    def _public(self, prep: Prepared, query_id: str, who: Analyst) -> QueryResult:
+        assert prep.tree is not None
+        res = self.executor.execute(prep.tree, (), self.policy.model.limits.query_timeout_s,
+                                    sql=prep.sql)
         columns, rows = self.post.run_public(res.rows(), list(res.names), list(res.types))
         return QueryResult(query_id, columns, rows, 0.0, 0.0, [], False,
                            self._remaining(who))
 
-    def _release(self, plan: Plan, cal: Calibration, who: Analyst, query_id: str
-                 ) -> QueryResult:
-        tree = rewrite(plan, cal.grids, self.executor)
-        rewritten = tree.sql(dialect=self.executor.dialect)
-        answer_key = hashlib.sha256("\x00".join(
-            [self.policy.version, rewritten, cal.fingerprint()]).encode()).hexdigest()
-        cost = Cost(cal.epsilon, cal.delta, cal.events)
-        placeholders = sum(1 for _ in tree.find_all(exp.Placeholder))
-        self.executor.check(tree, [0] * placeholders, sql=rewritten)
-        reservation = self.ledger.reserve(who, query_id, "query", plan.sql, cost, answer_key)
-        if reservation.charged:
+    def _release(self, prep: Prepared, who: Analyst, query_id: str) -> QueryResult:
+        plan, cal = prep.plan, prep.cal
+        assert cal is not None and prep.answer_key is not None and prep.tree is not None
+        key = prep.answer_key
+        # An answer already paid for is read without the ledger's write lock.
+        stored = self._answers.get(key) or self.ledger.cached(key)
+        charged = False
+        if stored is None:
+            cost = Cost(cal.epsilon, cal.delta, cal.events)
+            reservation = self.ledger.reserve(who, query_id, "query", plan.sql, cost, key)
+            charged = reservation.charged
+            stored = reservation.cached_result
+        if charged:
             try:
                 # A fresh secret salt per execution for the keyed hash that picks
                 # each unit's groups (only present when groups must be chosen).
-                params = [secrets.randbits(62) for _ in range(placeholders)]
-                result = self.executor.execute(tree, params,
+                params = [secrets.randbits(62) for _ in range(prep.placeholders)]
+                result = self.executor.execute(prep.tree, params,
                                                self.policy.model.limits.query_timeout_s,
-                                               sql=rewritten)
+                                               sql=prep.sql)
                 table = perturb(plan, cal, result, self._rng)
-                self.ledger.complete(answer_key, encode_table(table), AuditLine(
+                stored = encode_table(table)
+                self.ledger.complete(key, stored, AuditLine(
                     who.name, "query", plan.sql, cal.epsilon, cal.delta, "ok", None, query_id))
             except BaseException:
-                self.ledger.abandon(answer_key)
+                self.ledger.abandon(key)
                 raise
-        else:
-            assert reservation.cached_result is not None
-            table = decode_table(reservation.cached_result)
-        columns, rows = self.post.run(plan, table)
-        accuracy = self._accuracy(plan, cal, table, [c.name for c in columns])
-        spent = (cal.epsilon, cal.delta) if reservation.charged else (0.0, 0.0)
-        return QueryResult(query_id, columns, rows, spent[0], spent[1], accuracy,
-                           not reservation.charged, self._remaining(who))
+        assert stored is not None
+        self._answers.put(key, stored)
+        post_key = (key, prep.post_sql)
+        released = self._released.get(post_key)
+        if released is None:
+            table = decode_table(stored)
+            columns, rows = self.post.run(plan, table)
+            accuracy = self._accuracy(plan, cal, table, [c.name for c in columns])
+            released = self._released.put(post_key, (columns, rows, accuracy))
+        columns, rows, accuracy = released
+        spent = (cal.epsilon, cal.delta) if charged else (0.0, 0.0)
+        return QueryResult(query_id, columns, list(rows), spent[0], spent[1], list(accuracy),
+                           not charged, self._remaining(who))
 
     def _accuracy(self, plan: Plan, cal: Calibration, table: Any | None,
                   names: list[str] | None) -> list[Accuracy]:
