@@ -49,7 +49,10 @@ class GatewayError(Exception):
 
     @property
     def detail(self) -> str:
-        return f"{self.message} {self.hint}" if self.hint else self.message
+        if not self.hint:
+            return self.message
+        stop = "" if self.message.rstrip().endswith((".", "!", "?", ":")) else "."
+        return f"{self.message}{stop} {self.hint}"
 
     def to_dict(self) -> dict[str, object]:
         out: dict[str, object] = {

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import socket
 import sqlite3
 import threading
 import time
@@ -45,7 +47,7 @@ CREATE TABLE IF NOT EXISTS totals (
   scope TEXT PRIMARY KEY, epsilon TEXT NOT NULL, delta TEXT NOT NULL, n INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS answers (
   key TEXT PRIMARY KEY, dataset TEXT NOT NULL, status TEXT NOT NULL, result TEXT,
-  created REAL NOT NULL);
+  created REAL NOT NULL, owner TEXT);
 CREATE TABLE IF NOT EXISTS idempotency (
   analyst TEXT NOT NULL, key TEXT NOT NULL, dataset TEXT NOT NULL, status TEXT NOT NULL,
   response TEXT, created REAL NOT NULL, PRIMARY KEY (dataset, analyst, key));
@@ -157,6 +159,9 @@ class Ledger:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             con = self._con()
             con.executescript(SCHEMA)
+            columns = {r[1] for r in con.execute("PRAGMA table_info(answers)")}
+            if "owner" not in columns:  # state files from before owners were recorded
+                con.execute("ALTER TABLE answers ADD COLUMN owner TEXT")
         except (sqlite3.Error, OSError) as e:
             raise LedgerUnavailable(f"cannot open the ledger at {self.path} ({e})") from None
 
@@ -333,14 +338,16 @@ class Ledger:
         a_scope, d_scope = self._scope_names(analyst.name)
         with self._write() as con:
             if answer_key is not None:
-                row = con.execute("SELECT status, result, created FROM answers WHERE key = ?",
-                                  (answer_key,)).fetchone()
+                row = con.execute("SELECT status, result, created, owner FROM answers "
+                                  "WHERE key = ?", (answer_key,)).fetchone()
                 if row is not None:
-                    status, result, created = row
+                    status, result, created, owner = row
                     if status == "done":
                         return Reservation(False, result)
-                    if time.time() - created < PENDING_STALE_S:
+                    if time.time() - created < PENDING_STALE_S and _alive(owner):
                         return None  # someone is computing it: wait, do not pay twice
+                    # Its owner died after paying: the budget is lost, the answer is not
+                    # released; compute (and pay for) it afresh.
                     con.execute("DELETE FROM answers WHERE key = ?", (answer_key,))
             if not self._fits(con, a_scope, (analyst.epsilon, analyst.delta), cost):
                 raise self._exceeded(con, a_scope, (analyst.epsilon, analyst.delta), cost,
@@ -360,9 +367,9 @@ class Ledger:
                             "(?, ?, ?, ?)", (scope, str(eps + dec(cost.epsilon)),
                                              str(delta + dec(cost.delta)), n + 1))
             if answer_key is not None:
-                con.execute("INSERT INTO answers (key, dataset, status, result, created) "
-                            "VALUES (?, ?, 'pending', NULL, ?)",
-                            (answer_key, self.dataset, time.time()))
+                con.execute("INSERT INTO answers (key, dataset, status, result, created, owner)"
+                            " VALUES (?, ?, 'pending', NULL, ?, ?)",
+                            (answer_key, self.dataset, time.time(), OWNER))
         return Reservation(True)
 
     def _exceeded(self, con: sqlite3.Connection, scope: str, budget: tuple[float, float],
@@ -489,6 +496,26 @@ class Ledger:
             raise NotFound(f"no analyst named {name!r}",
                            hint="create one with `gateway analyst add NAME`")
         return found
+
+
+OWNER = f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _alive(owner: str | None) -> bool:
+    """Is the process that marked an answer pending still running?  Only decidable
+    on the same host; elsewhere it is assumed alive until the entry goes stale."""
+    if not owner or ":" not in owner:
+        return True
+    host, _, pid = owner.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _analyst(row: tuple[Any, ...]) -> Analyst:
