@@ -105,6 +105,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="create an analyst and run a few DP queries")
     _common(d)
+
+    from gateway.training.cli import add_train_parser
+
+    add_train_parser(sub)  # takes --policy and --state itself
     return parser
 
 
@@ -114,6 +118,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from gateway.sample_data import main as sample_main
 
         return sample_main(["--rows", args.rows, "--out", args.out, "--seed", args.seed])
+    if args.command == "train":
+        from gateway.training.cli import run_train
+
+        return run_train(args)
     if getattr(args, "url", None):
         return _run_remote(args)
     try:
