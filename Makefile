@@ -18,6 +18,10 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/gateway serve --policy policies/web.yaml --demo
 
+# The in-process tour: a few DP queries with their cost and accuracy.
+demo: $(STAMP)
+	$(BIN)/gateway demo
+
 test: $(STAMP)
 	$(BIN)/python -m pytest -n 2 -q
 
@@ -31,6 +35,9 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/bench_core.py
 	$(BIN)/python bench/bench_noise.py
+	$(BIN)/python bench/bench_http.py
+	$(BIN)/python bench/bench_pgwire.py
+	$(BIN)/python bench/bench_train.py
 
 clean:
 	rm -rf $(VENV) .gateway .pytest_cache .mypy_cache .ruff_cache
