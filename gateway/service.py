@@ -73,6 +73,8 @@ class Gateway:
         self._tables = {name.lower() for name in model.tables}
         self._plans: LRU[tuple[str, str], Plan] = LRU(1024)
         self._prepared: LRU[tuple[str, str, float, float, str], Prepared] = LRU(1024)
+        self._rewrites: LRU[tuple[str, str, tuple[Any, ...]], tuple[exp.Expression, str, int]] = \
+            LRU(1024)
         self._answers: LRU[str, str] = LRU(256)
         self._released: LRU[tuple[str, str], tuple[Any, Any, Any]] = LRU(256)
         self._closed = threading.Event()
@@ -174,14 +176,22 @@ class Gateway:
             text = plan.public_query.sql(dialect=self.executor.dialect)
             return self._prepared.put(key, Prepared(plan, None, plan.public_query, text, None, 0))
         cal = calibrate(plan, epsilon, delta, mechanism)
-        tree = rewrite(plan, cal.grids, self.executor)
-        rewritten = tree.sql(dialect=self.executor.dialect)
-        placeholders = sum(1 for _ in tree.find_all(exp.Placeholder))
-        self.executor.check(tree, [0] * placeholders, sql=rewritten)
+        # The rewrite depends on ε only through the grids (powers of two), so nearby
+        # epsilons share it.
+        grids = tuple(sorted((n, g.step, g.integral) for n, g in cal.grids.items()))
+        tree, rewritten, placeholders = self._rewrites.get_or(
+            (dialect, sql, grids), lambda: self._rewrite(plan, cal))
         prep = Prepared(plan, cal, tree, rewritten,
                         answer_key(self.policy.version, rewritten, cal), placeholders,
                         plan.post.sql(dialect="duckdb"))
         return self._prepared.put(key, prep)
+
+    def _rewrite(self, plan: Plan, cal: Calibration) -> tuple[exp.Expression, str, int]:
+        tree = rewrite(plan, cal.grids, self.executor)
+        rewritten = tree.sql(dialect=self.executor.dialect)
+        placeholders = sum(1 for _ in tree.find_all(exp.Placeholder))
+        self.executor.check(tree, [0] * placeholders, sql=rewritten)
+        return tree, rewritten, placeholders
 
     def _public(self, prep: Prepared, query_id: str, who: Analyst) -> QueryResult:
         assert prep.tree is not None
