@@ -273,7 +273,7 @@ class DuckDBExecutor:
         return exp.Try(this=expr)
 
     def is_nan(self, expr: exp.Expression) -> exp.Expression:
-        return exp.Anonymous(this="isnan", expressions=[expr])
+        return exp.IsNan(this=expr)
 
     def close(self) -> None:
         with self._lock:

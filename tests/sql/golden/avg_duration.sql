@@ -1,13 +1,11 @@
 WITH "__dp_rows" AS (
   SELECT
     "visits"."user_id" AS "__dp_unit",
-    TRY(
-      CASE
-        WHEN duration_s IS NULL OR ISNAN(duration_s)
-        THEN NULL
-        ELSE LEAST(GREATEST(duration_s, 0.0), 3600.0)
-      END
-    ) AS "__dp_v0"
+    CASE
+      WHEN duration_s IS NULL OR ISNAN(duration_s)
+      THEN NULL
+      ELSE LEAST(GREATEST(duration_s, 0.0), 3600.0)
+    END AS "__dp_v0"
   FROM visits
   WHERE
     NOT "visits"."user_id" IS NULL

@@ -50,13 +50,7 @@ WITH "__dp_rows" AS (
     "__dp_unit"
 ), "__dp_contrib" AS (
   SELECT
-    CAST(ROUND(
-      CASE
-        WHEN "__dp_s0" <= 600
-        THEN "__dp_s0"
-        ELSE CAST(600.0 AS DOUBLE) * "__dp_s0" / "__dp_s0"
-      END * CAST(2.0 AS DOUBLE)
-    ) AS BIGINT) AS "__dp_s0"
+    CAST(ROUND(LEAST("__dp_s0", 600) * CAST(2.0 AS DOUBLE)) AS BIGINT) AS "__dp_s0"
   FROM __dp_groups
 )
 SELECT

@@ -14,13 +14,7 @@ WITH "__dp_rows" AS (
     "__dp_unit"
 ), "__dp_contrib" AS (
   SELECT
-    CAST(TRUNC(
-      CASE
-        WHEN "__dp_s0" <= 20
-        THEN "__dp_s0"
-        ELSE CAST(20.0 AS DOUBLE) * "__dp_s0" / "__dp_s0"
-      END
-    ) AS BIGINT) AS "__dp_s0"
+    CAST(LEAST("__dp_s0", 20) AS BIGINT) AS "__dp_s0"
   FROM __dp_groups
 )
 SELECT

@@ -3,13 +3,11 @@ WITH "__dp_rows" AS (
     "visits"."user_id" AS "__dp_unit",
     country AS "__dp_k0",
     1 AS "__dp_v0",
-    TRY(
-      CASE
-        WHEN spend IS NULL OR ISNAN(spend)
-        THEN NULL
-        ELSE LEAST(GREATEST(spend, 0.0), 500.0)
-      END
-    ) AS "__dp_v1"
+    CASE
+      WHEN spend IS NULL OR ISNAN(spend)
+      THEN NULL
+      ELSE LEAST(GREATEST(spend, 0.0), 500.0)
+    END AS "__dp_v1"
   FROM visits
   WHERE
     NOT "visits"."user_id" IS NULL

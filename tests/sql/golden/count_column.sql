@@ -1,7 +1,7 @@
 WITH "__dp_rows" AS (
   SELECT
     "visits"."user_id" AS "__dp_unit",
-    TRY(CASE WHEN NOT duration_s IS NULL THEN 1 END) AS "__dp_v0"
+    CASE WHEN NOT duration_s IS NULL THEN 1 END AS "__dp_v0"
   FROM visits
   WHERE
     NOT "visits"."user_id" IS NULL
@@ -14,13 +14,7 @@ WITH "__dp_rows" AS (
     "__dp_unit"
 ), "__dp_contrib" AS (
   SELECT
-    CAST(TRUNC(
-      CASE
-        WHEN "__dp_s0" <= 20
-        THEN "__dp_s0"
-        ELSE CAST(20.0 AS DOUBLE) * "__dp_s0" / "__dp_s0"
-      END
-    ) AS BIGINT) AS "__dp_s0"
+    CAST(LEAST("__dp_s0", 20) AS BIGINT) AS "__dp_s0"
   FROM __dp_groups
 )
 SELECT

@@ -2,16 +2,14 @@ WITH "__dp_rows" AS (
   SELECT
     "visits"."user_id" AS "__dp_unit",
     device AS "__dp_k0",
-    TRY(
-      CASE
-        WHEN converted
-        THEN CASE
-          WHEN spend IS NULL OR ISNAN(spend)
-          THEN NULL
-          ELSE LEAST(GREATEST(spend, 0.0), 500.0)
-        END
+    CASE
+      WHEN converted
+      THEN CASE
+        WHEN spend IS NULL OR ISNAN(spend)
+        THEN NULL
+        ELSE LEAST(GREATEST(spend, 0.0), 500.0)
       END
-    ) AS "__dp_v0"
+    END AS "__dp_v0"
   FROM visits
   WHERE
     NOT "visits"."user_id" IS NULL

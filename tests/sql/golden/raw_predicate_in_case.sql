@@ -1,7 +1,7 @@
 WITH "__dp_rows" AS (
   SELECT
     "visits"."user_id" AS "__dp_unit",
-    TRY(CASE WHEN spend > 1000 THEN 1.0 ELSE 0.0 END) AS "__dp_v0"
+    CASE WHEN spend > 1000 THEN 1.0 ELSE 0.0 END AS "__dp_v0"
   FROM visits
   WHERE
     NOT "visits"."user_id" IS NULL

@@ -1,13 +1,11 @@
 WITH "__dp_rows" AS (
   SELECT
     "visits"."user_id" AS "__dp_unit",
-    TRY(
-      CASE
-        WHEN spend IS NULL OR ISNAN(spend)
-        THEN NULL
-        ELSE LEAST(GREATEST(spend, 0.0), 500.0)
-      END
-    ) AS "__dp_v0"
+    CASE
+      WHEN spend IS NULL OR ISNAN(spend)
+      THEN NULL
+      ELSE LEAST(GREATEST(spend, 0.0), 500.0)
+    END AS "__dp_v0"
   FROM visits
   WHERE
     NOT "visits"."user_id" IS NULL
@@ -20,13 +18,7 @@ WITH "__dp_rows" AS (
     "__dp_unit"
 ), "__dp_contrib" AS (
   SELECT
-    CAST(ROUND(
-      CASE
-        WHEN "__dp_s0" <= 10000
-        THEN "__dp_s0"
-        ELSE CAST(10000.0 AS DOUBLE) * "__dp_s0" / "__dp_s0"
-      END * CAST(0.125 AS DOUBLE)
-    ) AS BIGINT) AS "__dp_s0"
+    CAST(ROUND(LEAST("__dp_s0", 10000) * CAST(0.125 AS DOUBLE)) AS BIGINT) AS "__dp_s0"
   FROM __dp_groups
 )
 SELECT

@@ -1,7 +1,7 @@
 WITH "__dp_rows" AS (
   SELECT
     "visits"."user_id" AS "__dp_unit",
-    TRY(CASE WHEN age IS NULL THEN NULL ELSE LEAST(GREATEST(age, 18), 90) END) AS "__dp_v0"
+    CASE WHEN age IS NULL THEN NULL ELSE LEAST(GREATEST(age, 18), 90) END AS "__dp_v0"
   FROM visits
   WHERE
     NOT "visits"."user_id" IS NULL
