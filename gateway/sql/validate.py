@@ -51,7 +51,7 @@ _SCALARS: tuple[type[exp.Expression], ...] = (
     exp.Left, exp.Right, exp.StartsWith, exp.EndsWith, exp.Contains,
     # dates
     exp.TimestampTrunc, exp.DateTrunc, exp.Extract, exp.Year, exp.Month, exp.Day,
-    exp.DayOfWeek, exp.DayOfYear, exp.Quarter, exp.Week,
+    exp.DayOfWeek, exp.DayOfYear, exp.Quarter, exp.Week, exp.TimeToStr,
 )
 
 ALLOWED_NODES = frozenset(_STRUCTURE + _SCALARS + AGGREGATES)
@@ -172,6 +172,12 @@ def _check_node(node: exp.Expression, sql: str, tables: set[str], ctes: set[str]
         if node.args.get("match_condition"):
             raise _reject(node, sql, "ASOF joins are not supported", "use JOIN ... ON",
                           rule="join")
+    elif isinstance(node, exp.TimeToStr):
+        fmt = node.args.get("format")
+        if not (isinstance(fmt, exp.Literal) and fmt.is_string) or node.args.get("zone"):
+            raise _reject(node, sql, "the format of TO_CHAR/STRFTIME must be a constant string",
+                          "write the format as a literal, e.g. TO_CHAR(d, 'YYYY-MM')",
+                          rule="function")
     elif isinstance(node, exp.Distinct):
         if not isinstance(node.parent, exp.Count | exp.Select):
             raise _reject(node, sql, "DISTINCT is only supported as COUNT(DISTINCT <unit>) or "

@@ -47,8 +47,7 @@ SHAPES = [
     pytest.param("SELECT MIN(visit_date), MAX(visit_date) FROM visits", id="tableau-range-filter",
                  marks=core_gap("MIN/MAX (as DP quantiles) for a date filter's range")),
     pytest.param("SELECT TO_CHAR(visit_date, 'YYYY-MM') AS m, COUNT(*) FROM visits GROUP BY 1",
-                 id="to-char-label", marks=core_gap("TO_CHAR (sqlglot: TimeToStr) is not "
-                                                     "on the function allowlist")),
+                 id="to-char-label"),
     pytest.param("SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY amount) FROM visits",
                  id="superset-median", marks=core_gap("PERCENTILE_CONT ... WITHIN GROUP")),
 ]
