@@ -41,7 +41,7 @@ def run_demo(policy: str, state: str) -> int:
         for title, sql, kwargs in DEMO_QUERIES:
             print(f"== {title}\n   {sql}")
             try:
-                r = gw.query(sql, analyst="demo", **kwargs)
+                r = gw.query(sql, analyst="demo", epsilon=kwargs["epsilon"])
             except BudgetExceeded as e:
                 print(f"   budget exceeded: {e.detail}\n")
                 continue

@@ -58,7 +58,7 @@ class Prepared:
 
     plan: Plan
     cal: Calibration | None  # None for queries over public tables only
-    tree: exp.Expression | None
+    tree: exp.Expr | None
     sql: str  # the engine SQL (rewritten, or the public query)
     answer_key: str | None
     placeholders: int

@@ -73,7 +73,7 @@ class Gateway:
         self._tables = {name.lower() for name in model.tables}
         self._plans: LRU[tuple[str, str], Plan] = LRU(1024)
         self._prepared: LRU[tuple[str, str, float, float, str], Prepared] = LRU(1024)
-        self._rewrites: LRU[tuple[str, str, tuple[Any, ...]], tuple[exp.Expression, str, int]] = \
+        self._rewrites: LRU[tuple[str, str, tuple[Any, ...]], tuple[exp.Expr, str, int]] = \
             LRU(1024)
         self._answers: LRU[str, str] = LRU(256)
         self._released: LRU[tuple[str, str], tuple[Any, Any, Any]] = LRU(256)
@@ -186,7 +186,7 @@ class Gateway:
                         plan.post.sql(dialect="duckdb"))
         return self._prepared.put(key, prep)
 
-    def _rewrite(self, plan: Plan, cal: Calibration) -> tuple[exp.Expression, str, int]:
+    def _rewrite(self, plan: Plan, cal: Calibration) -> tuple[exp.Expr, str, int]:
         tree = rewrite(plan, cal.grids, self.executor)
         rewritten = tree.sql(dialect=self.executor.dialect)
         placeholders = sum(1 for _ in tree.find_all(exp.Placeholder))

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from gateway import Gateway
-from gateway.errors import BudgetExceeded, LedgerUnavailable
+from gateway.errors import BudgetExceeded, LedgerUnavailable, QueryRejected
 from gateway.ledger import Cost, Ledger
 from gateway.privacy.events import LaplaceEvent
 from tests.support import web_policy
@@ -168,7 +168,7 @@ def test_ledger_fails_closed(tmp_path: Path) -> None:
 def test_audit_records_every_request(tmp_path: Path) -> None:
     with Gateway.open(web_policy(tmp_path), tmp_path / "s.db") as gw:
         gw.query("SELECT COUNT(*) FROM visits", analyst="alice", epsilon=0.1)
-        with pytest.raises(Exception):
+        with pytest.raises(QueryRejected):
             gw.query("SELECT user_id FROM visits", analyst="alice")
         log = gw.audit(analyst="alice")
         assert [e["outcome"] for e in log] == ["ok", "query_rejected"]

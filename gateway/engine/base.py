@@ -30,7 +30,7 @@ class ResultSet:
 
     names: tuple[str, ...]
     types: tuple[str, ...]
-    columns: tuple[Sequence[Any], ...]
+    columns: tuple[Any, ...]  # one array-like (numpy array or list) per column
 
     @property
     def num_rows(self) -> int:
@@ -46,7 +46,7 @@ class Executor(Protocol):
     dialect: str
 
     def execute(
-        self, tree: exp.Expression, params: Sequence[Any] = (), timeout_s: float | None = None,
+        self, tree: exp.Expr, params: Sequence[Any] = (), timeout_s: float | None = None,
         sql: str | None = None,
     ) -> ResultSet:
         """Run ``tree`` (already rendered as ``sql`` in this dialect, if given)."""
@@ -60,20 +60,20 @@ class Executor(Protocol):
         """Distinct non-NULL values of a *public* table column (None if more than limit)."""
         ...
 
-    def check(self, tree: exp.Expression, params: Sequence[Any] = (), sql: str | None = None
+    def check(self, tree: exp.Expr, params: Sequence[Any] = (), sql: str | None = None
               ) -> None:
         """Plan without executing; raise QueryRejected for errors that need no data."""
         ...
 
-    def keyed_hash(self, args: list[exp.Expression], salt: exp.Expression) -> exp.Expression:
+    def keyed_hash(self, args: list[exp.Expr], salt: exp.Expr) -> exp.Expr:
         """A keyed 64-bit hash of args, used to choose a unit's groups at random."""
         ...
 
-    def guard(self, expr: exp.Expression) -> exp.Expression:
+    def guard(self, expr: exp.Expr) -> exp.Expr:
         """Wrap a row-level expression so that no input value can make it raise."""
         ...
 
-    def is_nan(self, expr: exp.Expression) -> exp.Expression:
+    def is_nan(self, expr: exp.Expr) -> exp.Expr:
         """A predicate true when a float expression is NaN."""
         ...
 

@@ -81,7 +81,7 @@ class DuckDBExecutor:
         policy_path: str = "policy",
     ) -> None:
         self._policy_path = policy_path
-        config = {
+        config: dict[str, str | bool | int | float | list[str]] = {
             "autoload_known_extensions": False,
             "autoinstall_known_extensions": False,
             "memory_limit": memory_limit,
@@ -200,7 +200,7 @@ class DuckDBExecutor:
         return None if len(values) > limit else values
 
     def execute(
-        self, tree: exp.Expression, params: Sequence[Any] = (), timeout_s: float | None = None,
+        self, tree: exp.Expr, params: Sequence[Any] = (), timeout_s: float | None = None,
         sql: str | None = None,
     ) -> ResultSet:
         sql = sql if sql is not None else tree.sql(dialect="duckdb")
@@ -236,7 +236,7 @@ class DuckDBExecutor:
         types = tuple(str(d[1]) for d in desc)
         return ResultSet(names, types, tuple(data[n] for n in names))
 
-    def check(self, tree: exp.Expression, params: Sequence[Any] = (), sql: str | None = None
+    def check(self, tree: exp.Expr, params: Sequence[Any] = (), sql: str | None = None
               ) -> None:
         """Plan the query without running it, so that errors which do not depend on
         data (a constant that does not convert, a type mismatch the planner could not
@@ -266,13 +266,13 @@ class DuckDBExecutor:
                 self._checked.clear()
             self._checked.add(sql)
 
-    def keyed_hash(self, args: list[exp.Expression], salt: exp.Expression) -> exp.Expression:
+    def keyed_hash(self, args: list[exp.Expr], salt: exp.Expr) -> exp.Expr:
         return exp.Anonymous(this="hash", expressions=[*args, salt])
 
-    def guard(self, expr: exp.Expression) -> exp.Expression:
+    def guard(self, expr: exp.Expr) -> exp.Expr:
         return exp.Try(this=expr)
 
-    def is_nan(self, expr: exp.Expression) -> exp.Expression:
+    def is_nan(self, expr: exp.Expr) -> exp.Expr:
         return exp.IsNan(this=expr)
 
     def close(self) -> None:

@@ -25,7 +25,7 @@ from gateway.sql.plan import AggSpec, StatSpec
 from gateway.sql.scope import Scope
 from gateway.sql.validate import SUPPORTED_AGGREGATES, span_of
 
-_FUNCS: dict[type[exp.Expression], str] = {
+_FUNCS: dict[type[exp.Expr], str] = {
     exp.Sum: "sum", exp.Avg: "avg", exp.VariancePop: "var_pop", exp.Variance: "var_samp",
     exp.StddevPop: "stddev_pop", exp.StddevSamp: "stddev_samp", exp.Stddev: "stddev_samp",
 }
@@ -35,7 +35,7 @@ _MOMENTS = {"avg": (0, 1), "var_pop": (0, 1, 2), "var_samp": (0, 1, 2), "stddev_
 
 class AggregateBuilder:
     def __init__(self, scope: Scope, sql: str, values: ValueBuilder,
-                 canon: Callable[[exp.Expression], str]) -> None:
+                 canon: Callable[[exp.Expr], str]) -> None:
         self.scope = scope
         self.sql = sql
         self.values = values
@@ -44,7 +44,7 @@ class AggregateBuilder:
         self._ratios: dict[str, str] = {}
         self._aggs: dict[str, AggSpec] = {}
 
-    def add(self, node: exp.Expression) -> AggSpec:
+    def add(self, node: exp.Expr) -> AggSpec:
         key = self.canon(node)
         if key in self._aggs:
             return self._aggs[key]
@@ -52,7 +52,7 @@ class AggregateBuilder:
         self._aggs[key] = spec
         return spec
 
-    def _build(self, node: exp.Expression, key: str) -> AggSpec:
+    def _build(self, node: exp.Expr, key: str) -> AggSpec:
         agg, cond = node, None
         if isinstance(node, exp.Filter):
             agg, cond = node.this, node.expression.this
@@ -80,7 +80,7 @@ class AggregateBuilder:
                       for p in _MOMENTS[func])
         return AggSpec(name, func, key, stats, iv.lo, iv.hi, False, label)
 
-    def _count(self, agg: exp.Count, cond: exp.Expression | None, name: str, key: str,
+    def _count(self, agg: exp.Count, cond: exp.Expr | None, name: str, key: str,
                label: str) -> AggSpec:
         arg = agg.this
         if isinstance(arg, exp.Distinct):
@@ -94,21 +94,21 @@ class AggregateBuilder:
             stat = self._stat("units", _gate(exp.Literal.number(1), cond), 0.0, 1.0, True)
             return AggSpec(name, "count_units", key, (stat,), 0.0, 1.0, True, label)
         if arg is None or isinstance(arg, exp.Star):
-            indicator: exp.Expression = exp.Literal.number(1)
+            indicator: exp.Expr = exp.Literal.number(1)
         else:
             indicator = exp.Case(ifs=[exp.If(this=exp.Not(this=exp.Is(
                 this=arg.copy(), expression=exp.Null())), true=exp.Literal.number(1))])
         stat = self._stat("sum", _gate(indicator, cond), 0.0, 1.0, True)
         return AggSpec(name, "count", key, (stat,), 0.0, 1.0, True, label)
 
-    def _is_unit(self, node: exp.Expression) -> bool:
+    def _is_unit(self, node: exp.Expr) -> bool:
         node = node.unnest()
         if not isinstance(node, exp.Column):
             return False
         _, info = self.scope.resolve(node, self.sql)
         return info.is_unit
 
-    def _stat(self, kind: str, value: exp.Expression, lo: float, hi: float, integral: bool,
+    def _stat(self, kind: str, value: exp.Expr, lo: float, hi: float, integral: bool,
               *, power: int = 0, ratio: str | None = None) -> str:
         k = (kind, value.sql(dialect="duckdb"), power)
         found = self.stats.get(k)
@@ -119,7 +119,7 @@ class AggregateBuilder:
         return found.name
 
 
-def _gate(value: exp.Expression, cond: exp.Expression | None) -> exp.Expression:
+def _gate(value: exp.Expr, cond: exp.Expr | None) -> exp.Expr:
     if cond is None:
         return value
     return exp.Case(ifs=[exp.If(this=cond.copy(), true=value)])

@@ -45,8 +45,8 @@ class Context:
     policy: Policy
     table_columns: Callable[[str], dict[str, str]]
     domains: DomainFinder
-    is_nan: Callable[[exp.Expression], exp.Expression]
-    guard: Callable[[exp.Expression], exp.Expression]
+    is_nan: Callable[[exp.Expr], exp.Expr]
+    guard: Callable[[exp.Expr], exp.Expr]
 
 
 def analyze(tree: exp.Select, sql: str, ctx: Context) -> Plan:
@@ -237,7 +237,7 @@ class _Analyzer:
                 check_mismatches(on, scope, self.sql)
                 join.set("on", guard_condition(on, scope, self.sql, guard))
 
-    def _relation(self, node: exp.Expression, ctes: dict[str, Relation]) -> Relation:
+    def _relation(self, node: exp.Expr, ctes: dict[str, Relation]) -> Relation:
         if isinstance(node, exp.Table):
             name = node.name.lower()
             if name in ctes and not node.args.get("db"):
@@ -306,14 +306,14 @@ class _Analyzer:
                         tables=scope.protected_tables, max_rows=scope.max_rows,
                         max_groups=scope.max_groups)
 
-    def _guard_item(self, item: exp.Expression, scope: Scope) -> exp.Expression:
+    def _guard_item(self, item: exp.Expr, scope: Scope) -> exp.Expr:
         inner = item.this if isinstance(item, exp.Alias) else item
         if isinstance(inner.unnest(), exp.Column | exp.Star | exp.Literal):
             return item
         check_mismatches(inner, scope, self.sql)
         return exp.alias_(self.ctx.guard(inner.copy()), item.alias_or_name, quoted=True)
 
-    def _projected(self, item: exp.Expression, scope: Scope, values: ValueBuilder
+    def _projected(self, item: exp.Expr, scope: Scope, values: ValueBuilder
                    ) -> list[ColInfo]:
         if isinstance(item, exp.Star):
             return [c for r in scope.relations.values() for c in r.columns.values()]
@@ -354,8 +354,8 @@ class _Analyzer:
 
     # -- keys and aggregates ----------------------------------------------------------
 
-    def _aggregate_nodes(self, tree: exp.Select) -> list[exp.Expression]:
-        found: list[exp.Expression] = []
+    def _aggregate_nodes(self, tree: exp.Select) -> list[exp.Expr]:
+        found: list[exp.Expr] = []
         places = [*tree.expressions, tree.args.get("having"), tree.args.get("order")]
         for place in places:
             if place is None:
@@ -373,10 +373,10 @@ class _Analyzer:
                 found.append(node)
         return found
 
-    def _keys(self, tree: exp.Select, scope: Scope, aggregates: list[exp.Expression]
+    def _keys(self, tree: exp.Select, scope: Scope, aggregates: list[exp.Expr]
               ) -> list[KeySpec]:
         group = tree.args.get("group")
-        exprs: list[exp.Expression] = []
+        exprs: list[exp.Expr] = []
         if group is not None:
             for g in group.expressions:
                 exprs.append(self._resolve_group_ref(g, tree, scope))
@@ -418,8 +418,8 @@ class _Analyzer:
                                 tuple(domain) if domain is not None else None, kind))
         return keys
 
-    def _resolve_group_ref(self, g: exp.Expression, tree: exp.Select, scope: Scope
-                           ) -> exp.Expression:
+    def _resolve_group_ref(self, g: exp.Expr, tree: exp.Select, scope: Scope
+                           ) -> exp.Expr:
         items = tree.expressions
         if isinstance(g, exp.Literal) and not g.is_string:
             i = int(g.this)
@@ -440,11 +440,11 @@ class _Analyzer:
                 raise
         return g
 
-    def _canon_fn(self, scope: Scope) -> Callable[[exp.Expression], str]:
+    def _canon_fn(self, scope: Scope) -> Callable[[exp.Expr], str]:
         sql = self.sql
 
-        def canon(node: exp.Expression) -> str:
-            def qualify(n: exp.Expression) -> exp.Expression:
+        def canon(node: exp.Expr) -> str:
+            def qualify(n: exp.Expr) -> exp.Expr:
                 if isinstance(n, exp.Column) and not isinstance(n.this, exp.Star):
                     rel, info = scope.resolve(n, sql)
                     return exp.column(info.name.lower(), table=rel.alias)
@@ -473,5 +473,5 @@ def _public(info: ColInfo) -> ColInfo:
                    info.values_from, False, False, True)
 
 
-def literal_values(domain: tuple[Any, ...]) -> list[exp.Expression]:
+def literal_values(domain: tuple[Any, ...]) -> list[exp.Expr]:
     return [exp.convert(v) for v in domain]

@@ -90,7 +90,7 @@ _DATE_PARTS = {"year": None, "quarter": (1, 4), "month": (1, 12), "week": (1, 53
                "dayofyear": (1, 366), "doy": (1, 366), "hour": (0, 23), "minute": (0, 59),
                "second": (0, 59)}
 
-_PART_FUNCS: dict[type[exp.Expression], str] = {
+_PART_FUNCS: dict[type[exp.Expr], str] = {
     exp.Year: "year", exp.Quarter: "quarter", exp.Month: "month", exp.Week: "week",
     exp.Day: "day", exp.DayOfWeek: "dayofweek", exp.DayOfYear: "dayofyear",
 }
@@ -99,21 +99,21 @@ NUMERIC = ("int", "float")
 
 # Floating-point operations whose rounding can step outside the interval computed
 # for them (or make NaN), so their result is cleaned and clamped once more.
-_INEXACT: tuple[type[exp.Expression], ...] = (
+_INEXACT: tuple[type[exp.Expr], ...] = (
     exp.Add, exp.Sub, exp.Mul, exp.Div, exp.Pow, exp.Sqrt, exp.Ln, exp.Log, exp.Exp)
 
 
 class ValueBuilder:
     """Builds the sanitised, clamped engine expression of an aggregate argument."""
 
-    def __init__(self, scope: Scope, sql: str, is_nan: Callable[[exp.Expression], exp.Expression]):
+    def __init__(self, scope: Scope, sql: str, is_nan: Callable[[exp.Expr], exp.Expr]):
         self.scope = scope
         self.sql = sql
         self.is_nan = is_nan
 
     # -- entry point ----------------------------------------------------------------
 
-    def clamped(self, node: exp.Expression, what: str) -> tuple[exp.Expression, Interval]:
+    def clamped(self, node: exp.Expr, what: str) -> tuple[exp.Expr, Interval]:
         """The final per-row value: finite, inside the returned interval, or NULL."""
         value, iv = self.value(node)
         if not iv.finite:
@@ -134,7 +134,7 @@ class ValueBuilder:
 
     # -- value context ------------------------------------------------------------------
 
-    def value(self, node: exp.Expression) -> tuple[exp.Expression, Interval]:
+    def value(self, node: exp.Expr) -> tuple[exp.Expr, Interval]:
         if isinstance(node, exp.Paren):
             return self.value(node.this)
         if isinstance(node, exp.Column):
@@ -143,12 +143,12 @@ class ValueBuilder:
             if node.is_string:
                 raise self._reject(node, "a string cannot be summed or averaged",
                                    "aggregate a numeric expression")
-            v = float(node.this)
-            return node.copy(), Interval(v, v, v.is_integer() and "." not in node.this
+            num = float(node.this)
+            return node.copy(), Interval(num, num, num.is_integer() and "." not in node.this
                                          and "e" not in node.this.lower())
         if isinstance(node, exp.Boolean):
-            v = 1.0 if node.this else 0.0
-            return exp.Literal.number(int(v)), Interval(v, v, True)
+            bit = 1.0 if node.this else 0.0
+            return exp.Literal.number(int(bit)), Interval(bit, bit, True)
         if isinstance(node, exp.Null):
             return exp.Null(), EMPTY
         if isinstance(node, exp.Neg):
@@ -186,7 +186,7 @@ class ValueBuilder:
                            "use arithmetic, CASE, COALESCE, LEAST/GREATEST, ROUND or a "
                            "bounded column inside the aggregate")
 
-    def _column(self, col: exp.Column) -> tuple[exp.Expression, Interval]:
+    def _column(self, col: exp.Column) -> tuple[exp.Expr, Interval]:
         _, info = self.scope.resolve(col, self.sql)
         if info.sensitive:
             raise self._reject(col, f"column {info.name!r} is the privacy unit or an "
@@ -207,7 +207,7 @@ class ValueBuilder:
         iv = Interval(info.bounds[0], info.bounds[1], integral)
         return self._clamp(ref, iv, check_nan=not integral), iv
 
-    def _arith(self, node: exp.Expression) -> tuple[exp.Expression, Interval]:
+    def _arith(self, node: exp.Expr) -> tuple[exp.Expr, Interval]:
         left, a = self.value(node.this)
         right, b = self.value(node.expression)
         if isinstance(node, exp.Add):
@@ -229,7 +229,7 @@ class ValueBuilder:
         # engines.
         return exp.Div(this=_as_double(left), expression=_as_double(right)), q
 
-    def _case(self, node: exp.Expression) -> tuple[exp.Expression, Interval]:
+    def _case(self, node: exp.Expr) -> tuple[exp.Expr, Interval]:
         iv = EMPTY
         if isinstance(node, exp.If):
             t, a = self.value(node.args["true"])
@@ -253,7 +253,7 @@ class ValueBuilder:
         operand = node.this.copy() if node.this is not None else None
         return exp.Case(this=operand, ifs=ifs, default=d), iv
 
-    def _extreme(self, node: exp.Expression) -> tuple[exp.Expression, Interval]:
+    def _extreme(self, node: exp.Expr) -> tuple[exp.Expr, Interval]:
         args = [node.this, *node.expressions]
         parts = [self.value(a) for a in args]
         # NULL arguments are skipped, so only arguments that can never be NULL
@@ -267,7 +267,7 @@ class ValueBuilder:
         if isinstance(node, exp.Least):
             lo = min(iv.lo for iv in ivs)
             hi = min(iv.hi for iv in certain) if certain else max(iv.hi for iv in ivs)
-            out: exp.Expression = exp.Least(this=parts[0][0], expressions=[p[0] for p in parts[1:]],
+            out: exp.Expr = exp.Least(this=parts[0][0], expressions=[p[0] for p in parts[1:]],
                                             ignore_nulls=True)
         else:
             hi = max(iv.hi for iv in ivs)
@@ -276,7 +276,7 @@ class ValueBuilder:
                                ignore_nulls=True)
         return out, Interval(lo, hi, integral)
 
-    def _cast(self, node: exp.Expression) -> tuple[exp.Expression, Interval]:
+    def _cast(self, node: exp.Expr) -> tuple[exp.Expr, Interval]:
         to = node.args["to"]
         t = to.this
         ints = {exp.DataType.Type.TINYINT, exp.DataType.Type.SMALLINT, exp.DataType.Type.INT,
@@ -297,7 +297,7 @@ class ValueBuilder:
             return exp.TryCast(this=exp.Round(this=v), to=exp.DataType.build("BIGINT")), iv
         return exp.TryCast(this=v, to=exp.DataType.build("DOUBLE")), Interval(iv.lo, iv.hi, False)
 
-    def _function(self, node: exp.Expression) -> tuple[exp.Expression, Interval] | None:
+    def _function(self, node: exp.Expr) -> tuple[exp.Expr, Interval] | None:
         if isinstance(node, exp.Abs):
             v, iv = self.value(node.this)
             if iv.empty:
@@ -321,7 +321,9 @@ class ValueBuilder:
                     raise self._reject(node, "ROUND's digits must be a constant", "use a number")
                 step = 10.0 ** -(sign * int(float(digits.this)))
                 return out, Interval(iv.lo - step, iv.hi + step, iv.integral and step >= 1)
-            f = {exp.Round: round, exp.Floor: math.floor, exp.Ceil: math.ceil}[type(node)]
+            rounders: dict[type, Callable[[float], float]] = {
+                exp.Round: round, exp.Floor: math.floor, exp.Ceil: math.ceil}
+            f = rounders[type(node)]
             return out, _monotone(lambda x: float(f(x)) if math.isfinite(x) else x, iv, True)
         if isinstance(node, exp.Sqrt):
             v, iv = self.value(node.this)
@@ -331,9 +333,9 @@ class ValueBuilder:
                 return None
             v, iv = self.value(node.this)
             fn = math.log if isinstance(node, exp.Ln) else math.log10
-            out = node.copy()
-            out.set("this", v)
-            return out, _monotone(lambda x: fn(x) if x > 0 else -INF, iv)
+            logged = node.copy()
+            logged.set("this", v)
+            return logged, _monotone(lambda x: fn(x) if x > 0 else -INF, iv)
         if isinstance(node, exp.Exp):
             v, iv = self.value(node.this)
             return exp.Exp(this=v), _monotone(lambda x: math.exp(min(x, 709.0)) if x < 709 else INF,
@@ -346,7 +348,7 @@ class ValueBuilder:
             return node.copy(), Interval(lo_hi[0], lo_hi[1], True)
         return None
 
-    def _pow(self, node: exp.Pow) -> tuple[exp.Expression, Interval]:
+    def _pow(self, node: exp.Pow) -> tuple[exp.Expr, Interval]:
         e = node.expression
         if not isinstance(e, exp.Literal) or e.is_string or not float(e.this).is_integer() or \
                 not 0 <= float(e.this) <= 8:
@@ -360,9 +362,9 @@ class ValueBuilder:
         cands = [_nan_to(c, INF) for c in cands]
         return exp.Pow(this=v, expression=e.copy()), Interval(min(cands), max(cands), iv.integral)
 
-    def _date_part(self, node: exp.Expression) -> tuple[tuple[float, float], ColInfo | None] | None:
+    def _date_part(self, node: exp.Expr) -> tuple[tuple[float, float], ColInfo | None] | None:
         part: str | None = None
-        target: exp.Expression | None = None
+        target: exp.Expr | None = None
         if type(node) in _PART_FUNCS:
             part, target = _PART_FUNCS[type(node)], node.this
         elif isinstance(node, exp.Extract):
@@ -385,11 +387,11 @@ class ValueBuilder:
 
     # -- helpers ----------------------------------------------------------------------
 
-    def _clean(self, v: exp.Expression) -> exp.Expression:
+    def _clean(self, v: exp.Expr) -> exp.Expr:
         return exp.Case(ifs=[exp.If(this=self.is_nan(v.copy()), true=exp.Null())], default=v)
 
-    def _clamp(self, v: exp.Expression, iv: Interval, *, check_nan: bool) -> exp.Expression:
-        null_if = exp.Is(this=v.copy(), expression=exp.Null())
+    def _clamp(self, v: exp.Expr, iv: Interval, *, check_nan: bool) -> exp.Expr:
+        null_if: exp.Expr = exp.Is(this=v.copy(), expression=exp.Null())
         if check_nan:
             null_if = exp.or_(null_if, self.is_nan(v.copy()))
         lo, hi = _number(iv.lo, iv.integral), _number(iv.hi, iv.integral)
@@ -397,35 +399,35 @@ class ValueBuilder:
                           expressions=[hi], ignore_nulls=True)
         return exp.Case(ifs=[exp.If(this=null_if, true=exp.Null())], default=clamp)
 
-    def _reject(self, node: exp.Expression, msg: str, hint: str) -> QueryRejected:
+    def _reject(self, node: exp.Expr, msg: str, hint: str) -> QueryRejected:
         return QueryRejected(msg, hint=hint, rule="unbounded", span=span_of(node, self.sql))
 
 
-def _number(v: float, integral: bool) -> exp.Expression:
+def _number(v: float, integral: bool) -> exp.Expr:
     if integral and float(v).is_integer():
         return exp.Literal.number(int(v))
     return exp.Literal.number(repr(float(v)))
 
 
-def _as_double(v: exp.Expression) -> exp.Expression:
+def _as_double(v: exp.Expr) -> exp.Expr:
     return exp.Cast(this=v, to=exp.DataType.build("DOUBLE"))
 
 
-def _never_null(node: exp.Expression) -> bool:
+def _never_null(node: exp.Expr) -> bool:
     return isinstance(node, exp.Literal | exp.Boolean) or (
         isinstance(node, exp.Neg) and isinstance(node.this, exp.Literal))
 
 
-def _is_text(node: exp.Expression) -> bool:
+def _is_text(node: exp.Expr) -> bool:
     return isinstance(node, exp.Literal) and node.is_string
 
 
-_PREDICATES: tuple[type[exp.Expression], ...] = (
+_PREDICATES: tuple[type[exp.Expr], ...] = (
     exp.EQ, exp.NEQ, exp.GT, exp.GTE, exp.LT, exp.LTE, exp.NullSafeEQ, exp.NullSafeNEQ,
     exp.Is, exp.In, exp.Between, exp.Like, exp.ILike, exp.And, exp.Or, exp.Not,
     exp.StartsWith, exp.EndsWith, exp.Contains, exp.IsNan, exp.IsInf,
 )
 
 
-def _is_predicate(node: exp.Expression) -> bool:
+def _is_predicate(node: exp.Expr) -> bool:
     return isinstance(node, _PREDICATES)

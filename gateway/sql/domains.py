@@ -70,7 +70,7 @@ class DomainFinder:
             return [lo + dt.timedelta(days=i) for i in range(days)]
         return None
 
-    def key_domain(self, key: exp.Expression, scope: Scope, sql: str) -> list[Any] | None:
+    def key_domain(self, key: exp.Expr, scope: Scope, sql: str) -> list[Any] | None:
         """Distinct non-NULL values ``key`` can take, or None if not enumerable."""
         bare = key.unnest()
         columns: dict[tuple[str, str], tuple[exp.Column, ColInfo]] = {}
@@ -102,12 +102,12 @@ class DomainFinder:
         return found
 
     @staticmethod
-    def _swapped(key: exp.Expression, scope: Scope, sql: str, infos: tuple[ColInfo, ...]
-                 ) -> exp.Expression:
+    def _swapped(key: exp.Expr, scope: Scope, sql: str, infos: tuple[ColInfo, ...]
+                 ) -> exp.Expr:
         """``key`` with its columns renamed c0, c1, ... in order of first appearance."""
         names = {id(info): f"c{i}" for i, info in enumerate(infos)}
 
-        def swap(node: exp.Expression) -> exp.Expression:
+        def swap(node: exp.Expr) -> exp.Expr:
             if isinstance(node, exp.Column):
                 _, info = scope.resolve(node, sql)
                 return exp.column(names[id(info)])
@@ -115,7 +115,7 @@ class DomainFinder:
 
         return key.copy().transform(swap)
 
-    def _evaluate(self, key: exp.Expression, scope: Scope, sql: str,
+    def _evaluate(self, key: exp.Expr, scope: Scope, sql: str,
                   columns: list[tuple[exp.Column, ColInfo]], domains: list[list[Any]]
                   ) -> list[Any] | None:
         expr = exp.Try(this=self._swapped(key, scope, sql, tuple(i for _, i in columns)))
@@ -143,7 +143,7 @@ class DomainFinder:
                 cur.close()
         return out if len(out) <= self.limit else None
 
-    def expr_type(self, expr: exp.Expression, scope: Scope, sql: str) -> str:
+    def expr_type(self, expr: exp.Expr, scope: Scope, sql: str) -> str:
         """The policy type (int, float, text, bool, date, timestamp) of a row-level
         expression, found by letting DuckDB type it over typed NULL columns; 'unknown'
         if a column's type is unknown or the expression does not bind."""
@@ -177,7 +177,7 @@ class DomainFinder:
             self._types[memo_key] = found
         return found
 
-    def constant_ok(self, expr: exp.Expression) -> bool:
+    def constant_ok(self, expr: exp.Expr) -> bool:
         """Does a constant expression (no columns) evaluate without error?  Checked
         at planning, so a bad literal is a rejection, not a charged engine error."""
         text = exp.select(expr.copy()).sql(dialect="duckdb")
@@ -201,7 +201,7 @@ def _policy_type(duck: str) -> str:
     return policy_type(duck)
 
 
-def _literal(value: Any, kind: str) -> exp.Expression:
+def _literal(value: Any, kind: str) -> exp.Expr:
     if value is None:
         return exp.Null()
     lit = exp.convert(value)

@@ -89,10 +89,10 @@ def token_depth(tokens: list[Token]) -> int:
     return best
 
 
-def tree_depth(tree: exp.Expression) -> int:
+def tree_depth(tree: exp.Expr) -> int:
     """Depth of a parsed tree, measured without recursion."""
     best = 0
-    stack: list[tuple[exp.Expression, int]] = [(tree, 1)]
+    stack: list[tuple[exp.Expr, int]] = [(tree, 1)]
     while stack:
         node, depth = stack.pop()
         best = max(best, depth)
@@ -149,6 +149,7 @@ def parse(sql: str, *, max_length: int = 20_000, dialect: str = "duckdb") -> exp
             hint="split the text and send each SELECT on its own", rule="multiple_statements",
         )
     tree = statements[0]
+    assert tree is not None
     depth = tree_depth(tree)
     if depth > MAX_TREE_DEPTH:
         raise _too_deep(depth, "expressions", MAX_TREE_DEPTH)

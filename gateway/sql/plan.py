@@ -23,7 +23,7 @@ class KeySpec:
     """One GROUP BY key."""
 
     name: str  # k0, k1, ... in the noisy result
-    expr: exp.Expression  # over the FROM scope
+    expr: exp.Expr  # over the FROM scope
     canon: str  # canonical SQL, to find the key again in SELECT/HAVING/ORDER BY
     domain: tuple[Any, ...] | None  # public values, or None: partition selection
     type: str = "unknown"  # policy type of the key's values
@@ -44,7 +44,7 @@ class StatSpec:
 
     name: str  # s0, s1, ...
     kind: StatKind
-    value: exp.Expression | None
+    value: exp.Expr | None
     lo: float = 0.0
     hi: float = 1.0
     integral: bool = True
@@ -92,7 +92,7 @@ class Plan:
     sql: str
     with_: exp.With | None  # the analyst's CTEs (unit columns threaded through)
     relation: exp.Select  # FROM/JOIN/WHERE skeleton; projection filled by the rewrite
-    unit: exp.Expression | None  # None: public query, no privacy needed
+    unit: exp.Expr | None  # None: public query, no privacy needed
     tables: frozenset[str]
     max_rows: int  # M after joins
     max_groups: int  # L0: groups one unit may touch in this query

@@ -19,14 +19,14 @@ from gateway.sql.validate import span_of
 
 NOISY_TABLE = "__dp_noisy"
 
-_PG_NAMES: dict[type[exp.Expression], str] = {
+_PG_NAMES: dict[type[exp.Expr], str] = {
     exp.Count: "count", exp.Sum: "sum", exp.Avg: "avg", exp.Variance: "variance",
     exp.VariancePop: "var_pop", exp.StddevPop: "stddev_pop", exp.StddevSamp: "stddev_samp",
     exp.Stddev: "stddev",
 }
 
 
-def output_name(item: exp.Expression) -> str:
+def output_name(item: exp.Expr) -> str:
     """The column name PostgreSQL would give a SELECT item (BI tools expect these)."""
     if isinstance(item, exp.Alias):
         return item.alias
@@ -46,12 +46,12 @@ def output_name(item: exp.Expression) -> str:
 
 
 def build_post_query(tree: exp.Select, scope: Scope, keys: Sequence[KeySpec],
-                     aggs: Sequence[AggSpec], agg_nodes: Sequence[exp.Expression], sql: str,
-                     canon: Callable[[exp.Expression], str]) -> exp.Select:
+                     aggs: Sequence[AggSpec], agg_nodes: Sequence[exp.Expr], sql: str,
+                     canon: Callable[[exp.Expr], str]) -> exp.Select:
     by_canon = {a.canon: a.name for a in aggs}
     key_canon = {k.canon: k.name for k in keys}
 
-    def retarget(node: exp.Expression) -> exp.Expression:
+    def retarget(node: exp.Expr) -> exp.Expr:
         if isinstance(node, exp.Filter) or (
             type(node) in _PG_NAMES and not isinstance(node.parent, exp.Filter)
         ):
@@ -69,14 +69,14 @@ def build_post_query(tree: exp.Select, scope: Scope, keys: Sequence[KeySpec],
                 hint="add it to GROUP BY, or aggregate it", rule="group",
                 span=span_of(node, sql))
         for key, value in list(node.args.items()):
-            if isinstance(value, exp.Expression):
+            if isinstance(value, exp.Expr):
                 node.set(key, retarget(value))
             elif isinstance(value, list):
-                node.set(key, [retarget(v) if isinstance(v, exp.Expression) else v
+                node.set(key, [retarget(v) if isinstance(v, exp.Expr) else v
                                for v in value])
         return node
 
-    aliases: dict[str, exp.Expression] = {}
+    aliases: dict[str, exp.Expr] = {}
     items = []
     for item in tree.expressions:
         if isinstance(item, exp.Star) or (isinstance(item, exp.Column)
@@ -126,20 +126,20 @@ def build_post_query(tree: exp.Select, scope: Scope, keys: Sequence[KeySpec],
 
 
 def _not_a_key_column(col: exp.Column, key_canon: dict[str, str],
-                      canon: Callable[[exp.Expression], str]) -> bool:
+                      canon: Callable[[exp.Expr], str]) -> bool:
     try:
         return canon(col) not in key_canon
     except QueryRejected:
         return True
 
 
-def _resolve_aliases(node: exp.Expression, aliases: dict[str, exp.Expression],
-                     retarget: Callable[[exp.Expression], exp.Expression],
-                     key_canon: dict[str, str], canon: Callable[[exp.Expression], str]
-                     ) -> exp.Expression:
+def _resolve_aliases(node: exp.Expr, aliases: dict[str, exp.Expr],
+                     retarget: Callable[[exp.Expr], exp.Expr],
+                     key_canon: dict[str, str], canon: Callable[[exp.Expr], str]
+                     ) -> exp.Expr:
     """HAVING may name SELECT aliases (DuckDB and others allow it)."""
 
-    def swap(n: exp.Expression) -> exp.Expression:
+    def swap(n: exp.Expr) -> exp.Expr:
         if isinstance(n, exp.Column) and not n.table and n.name.lower() in aliases and \
                 _not_a_key_column(n, key_canon, canon):
             try:
@@ -150,10 +150,10 @@ def _resolve_aliases(node: exp.Expression, aliases: dict[str, exp.Expression],
         if isinstance(n, exp.Column | exp.Filter) or type(n) in _PG_NAMES:
             return retarget(n)
         for key, value in list(n.args.items()):
-            if isinstance(value, exp.Expression):
+            if isinstance(value, exp.Expr):
                 n.set(key, swap(value))
             elif isinstance(value, list):
-                n.set(key, [swap(v) if isinstance(v, exp.Expression) else v for v in value])
+                n.set(key, [swap(v) if isinstance(v, exp.Expr) else v for v in value])
         return n
 
     return swap(node)

@@ -59,25 +59,25 @@ def _col(name: str) -> exp.Column:
     return exp.column(name, quoted=True)
 
 
-def _num(v: float) -> exp.Expression:
+def _num(v: float) -> exp.Expr:
     if float(v).is_integer() and abs(v) < 2**53:
         return exp.Literal.number(int(v))
     return exp.Cast(this=exp.Literal.number(repr(float(v))), to=exp.DataType.build("DOUBLE"))
 
 
-def _double(v: float) -> exp.Expression:
+def _double(v: float) -> exp.Expr:
     return exp.Cast(this=exp.Literal.number(repr(float(v))), to=exp.DataType.build("DOUBLE"))
 
 
-def _sum(e: exp.Expression) -> exp.Expression:
+def _sum(e: exp.Expr) -> exp.Expr:
     return exp.Sum(this=e)
 
 
-def _coalesce0(e: exp.Expression) -> exp.Expression:
+def _coalesce0(e: exp.Expr) -> exp.Expr:
     return exp.Coalesce(this=e, expressions=[exp.Literal.number(0)])
 
 
-def _bigint(e: exp.Expression) -> exp.Expression:
+def _bigint(e: exp.Expr) -> exp.Expr:
     return exp.Cast(this=e, to=exp.DataType.build("BIGINT"))
 
 
@@ -95,7 +95,8 @@ class _Rewriter:
             self.stat_value[s.name] = self.values.setdefault(text, f"__dp_v{len(self.values)}")
 
     def build(self) -> exp.Select:
-        ctes = [("__dp_rows", self._rows()), ("__dp_groups", self._groups())]
+        ctes: list[tuple[str, exp.Query]] = [("__dp_rows", self._rows()),
+                                             ("__dp_groups", self._groups())]
         source = "__dp_groups"
         if self.keys:
             ctes.append(("__dp_units", self._units()))
@@ -118,7 +119,7 @@ class _Rewriter:
     def _rows(self) -> exp.Select:
         rel = self.plan.relation.copy()  # conditions already guarded by analyze
         assert self.plan.unit is not None
-        items: list[exp.Expression] = [exp.alias_(self.plan.unit.copy(), "__dp_unit", quoted=True)]
+        items: list[exp.Expr] = [exp.alias_(self.plan.unit.copy(), "__dp_unit", quoted=True)]
         for key in self.plan.keys:
             items.append(exp.alias_(self._key(key), key.name, quoted=True))
         by_value = {}
@@ -128,7 +129,7 @@ class _Rewriter:
         for col, value in by_value.items():
             items.append(exp.alias_(self._guard(value.copy()), col, quoted=True))
         rel.set("expressions", items)
-        conds: list[exp.Expression] = [exp.Not(this=exp.Is(this=self.plan.unit.copy(),
+        conds: list[exp.Expr] = [exp.Not(this=exp.Is(this=self.plan.unit.copy(),
                                                            expression=exp.Null()))]
         for key in self.plan.keys:
             if key.domain is not None and len(key.domain) <= MAX_IN_LIST:
@@ -140,7 +141,7 @@ class _Rewriter:
         rel.set("where", exp.Where(this=exp.and_(*conds)))
         return rel
 
-    def _key(self, key: KeySpec) -> exp.Expression:
+    def _key(self, key: KeySpec) -> exp.Expr:
         """A key value that can always be fetched: dates and timestamps outside years
         1-9999 (valid in the engine, not in Python) become NULL row by row, so their
         presence cannot make the query fail."""
@@ -154,7 +155,7 @@ class _Rewriter:
         inside = exp.Between(this=e.copy(), low=lo, high=hi)
         return self.ex.guard(exp.Case(ifs=[exp.If(this=inside, true=e)]))
 
-    def _guard(self, e: exp.Expression) -> exp.Expression:
+    def _guard(self, e: exp.Expr) -> exp.Expr:
         if _cannot_raise(e):
             return e
         return self.ex.guard(e)
@@ -163,13 +164,13 @@ class _Rewriter:
 
     def _groups(self) -> exp.Select:
         group_by = ["__dp_unit", *self.keys]
-        items: list[exp.Expression] = [_col(c) for c in group_by]
+        items: list[exp.Expr] = [_col(c) for c in group_by]
         for s in self.plan.stats:
             value = self._value_of(s)
             v = _col(self.stat_value[s.name])
             if s.kind == "sum":
                 is_one = isinstance(value, exp.Literal) and value.this == "1"
-                agg: exp.Expression = exp.Count(this=exp.Star()) if is_one else _coalesce0(_sum(v))
+                agg: exp.Expr = exp.Count(this=exp.Star()) if is_one else _coalesce0(_sum(v))
             elif s.kind == "units":
                 agg = _coalesce0(exp.Max(this=v))
             elif s.power == 0:
@@ -182,7 +183,7 @@ class _Rewriter:
             items.append(exp.alias_(agg, s.name, quoted=True))
         return exp.select(*items).from_("__dp_rows").group_by(*[_col(c) for c in group_by])
 
-    def _value_of(self, s: StatSpec) -> exp.Expression:
+    def _value_of(self, s: StatSpec) -> exp.Expr:
         assert s.value is not None
         return s.value
 
@@ -192,15 +193,15 @@ class _Rewriter:
         size = self.plan.domain_size
         return size is None or self.plan.max_groups < size
 
-    def _totals(self) -> dict[str, tuple[str, exp.Expression]]:
+    def _totals(self) -> dict[str, tuple[str, exp.Expr]]:
         """Per statistic: the column holding its unit total, and how it is summed."""
-        out: dict[str, tuple[str, exp.Expression]] = {}
+        out: dict[str, tuple[str, exp.Expr]] = {}
         counts = {s.ratio: s.name for s in self.plan.stats if s.kind == "ratio" and s.power == 0}
         for s in self.plan.stats:
             if s.kind == "units":
                 continue
             if s.kind == "sum":
-                v: exp.Expression = _col(s.name)
+                v: exp.Expr = _col(s.name)
                 if s.lo < 0:  # non-negative sums need no ABS
                     v = exp.Abs(this=v)
                 out[s.name] = (_total_name(s.name), v)
@@ -210,7 +211,7 @@ class _Rewriter:
         return out
 
     def _units(self) -> exp.Select:
-        items: list[exp.Expression] = [_col("__dp_unit")]
+        items: list[exp.Expr] = [_col("__dp_unit")]
         if self._needs_selection():
             items.append(exp.alias_(exp.Count(this=exp.Star()), "__dp_ng", quoted=True))
         seen = set()
@@ -224,7 +225,7 @@ class _Rewriter:
         return (exp.select(exp.Star()).from_("__dp_groups")
                 .join("__dp_units", using=["__dp_unit"]))
 
-    def _kept(self) -> exp.Select:
+    def _kept(self) -> exp.Query:
         """Units within L0 groups pass through; the others keep L0 groups, chosen by a
         keyed hash, and their totals are recomputed over the groups kept."""
         l0 = exp.Literal.number(self.plan.max_groups)
@@ -252,7 +253,7 @@ class _Rewriter:
     def _contrib(self, source: str) -> exp.Select:
         m = self.plan.max_rows
         totals = self._totals()
-        items: list[exp.Expression] = [_col(k) for k in self.keys]
+        items: list[exp.Expr] = [_col(k) for k in self.keys]
         for s in self.plan.stats:
             v = _col(s.name)
             if s.kind == "units":
@@ -265,7 +266,7 @@ class _Rewriter:
                 # Scale the unit's per-group sums together: Σ|sum| <= M·max(|lo|, |hi|).
                 cap: float = m * max(abs(s.lo), abs(s.hi))
                 if not self.keys:  # one group: scaling is clamping to [-cap, cap]
-                    clamped: exp.Expression = exp.Least(this=v.copy(), expressions=[_num(cap)],
+                    clamped: exp.Expr = exp.Least(this=v.copy(), expressions=[_num(cap)],
                                                         ignore_nulls=True)
                     if s.lo < 0:
                         clamped = exp.Greatest(this=clamped, expressions=[_num(-cap)],
@@ -287,7 +288,7 @@ class _Rewriter:
                                     quoted=True))
         return exp.select(*items).from_(source)
 
-    def _on_grid(self, e: exp.Expression, grid: Grid) -> exp.Expression:
+    def _on_grid(self, e: exp.Expr, grid: Grid) -> exp.Expr:
         if grid.integral:
             # Truncation toward zero never increases a contribution's magnitude.
             return _bigint(exp.Anonymous(this="trunc", expressions=[e]))
@@ -296,7 +297,7 @@ class _Rewriter:
     # -- stage 5 ---------------------------------------------------------------------
 
     def _final(self) -> exp.Select:
-        items: list[exp.Expression] = [_col(k) for k in self.keys]
+        items: list[exp.Expr] = [_col(k) for k in self.keys]
         for s in self.plan.stats:
             items.append(exp.alias_(_bigint(_coalesce0(_sum(_col(s.name)))), s.name,
                                     quoted=True))
@@ -315,15 +316,15 @@ def _total_name(stat: str) -> str:
 # Expressions made only of these cannot raise on any value (comparisons only
 # between plain operands, whose types analyze() has checked), so the engine's
 # guard, which costs a little and hides expressions from the optimizer, is skipped.
-_TOTAL: tuple[type[exp.Expression], ...] = (
+_TOTAL: tuple[type[exp.Expr], ...] = (
     exp.Column, exp.Identifier, exp.Literal, exp.Null, exp.Boolean, exp.Paren, exp.Case,
     exp.If, exp.Is, exp.Not, exp.And, exp.Or, exp.Coalesce, exp.IsNan, exp.Least,
     exp.Greatest)
-_PLAIN_COMPARISONS: tuple[type[exp.Expression], ...] = (
+_PLAIN_COMPARISONS: tuple[type[exp.Expr], ...] = (
     exp.EQ, exp.NEQ, exp.GT, exp.GTE, exp.LT, exp.LTE)
 
 
-def _cannot_raise(e: exp.Expression) -> bool:
+def _cannot_raise(e: exp.Expr) -> bool:
     for node in e.walk():
         if isinstance(node, _PLAIN_COMPARISONS):
             if not all(isinstance(x.unnest(), exp.Column | exp.Literal | exp.Boolean)

@@ -51,7 +51,7 @@ class Relation:
     tables: frozenset[str] = frozenset()  # protected base tables underneath
     max_rows: int = 1
     max_groups: int = 1
-    node: exp.Expression | None = None  # the Table or Subquery node in the tree
+    node: exp.Expr | None = None  # the Table or Subquery node in the tree
 
     def column(self, name: str) -> ColInfo | None:
         return self.columns.get(name.lower())
@@ -62,7 +62,7 @@ class Scope:
     """The relations a SELECT's FROM clause brings into view."""
 
     relations: dict[str, Relation] = field(default_factory=dict)  # lower alias -> relation
-    unit: exp.Expression | None = None  # qualified reference to the unit column
+    unit: exp.Expr | None = None  # qualified reference to the unit column
     protected_tables: frozenset[str] = frozenset()
     max_rows: int = 1
     max_groups: int = 1
@@ -223,9 +223,9 @@ def _check_unit_join(rel: Relation, earlier: list[Relation], join: exp.Join | No
         f"to the ON condition", rule="join", span=span_of(join, sql))
 
 
-def _is_unit_pair(a: exp.Expression, b: exp.Expression, rel: Relation,
+def _is_unit_pair(a: exp.Expr, b: exp.Expr, rel: Relation,
                   earlier: list[Relation]) -> bool:
-    def is_unit_of(e: exp.Expression, r: Relation) -> bool:
+    def is_unit_of(e: exp.Expr, r: Relation) -> bool:
         return (isinstance(e, exp.Column) and e.table.lower() == r.alias
                 and r.unit_column is not None and e.name.lower() == r.unit_column.lower())
 

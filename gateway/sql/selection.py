@@ -80,14 +80,14 @@ def select_training_rows(sql: str, label: str, ctx: Context, executor: Executor,
 def _reject_aggregation(tree: exp.Select, sql: str) -> None:
     """Before validation, so the message speaks of training, not of supported aggregates."""
     for window in tree.find_all(exp.Window):
-        assert isinstance(window, exp.Expression)
+        assert isinstance(window, exp.Expr)
         raise QueryRejected(
             "window functions are not allowed in a training query: a row's value would "
             "depend on other rows (and other units)",
             hint="select plain row-wise features; compute per-row expressions instead",
             rule="training_window", span=span_of(window, sql))
     for node in tree.find_all(exp.AggFunc):
-        assert isinstance(node, exp.Expression)
+        assert isinstance(node, exp.Expr)
         raise QueryRejected(
             f"{node.sql(dialect='duckdb')} aggregates rows, but a training query selects rows",
             hint="select the feature and label columns row by row, e.g. SELECT feature1, "
@@ -176,7 +176,7 @@ class _Selector:
     # -- columns --------------------------------------------------------------------
 
     def _columns(self, tree: exp.Select, scope: Scope
-                 ) -> list[tuple[tuple[str, exp.Expression], ColInfo]]:
+                 ) -> list[tuple[tuple[str, exp.Expr], ColInfo]]:
         out = []
         values = ValueBuilder(scope, self.sql, self.ctx.is_nan)
         for item in tree.expressions:
@@ -203,7 +203,7 @@ class _Selector:
             out.append(((item.alias_or_name, inner), info))
         return out
 
-    def _describe(self, name: str, node: exp.Expression, info: ColInfo, engine_name: str,
+    def _describe(self, name: str, node: exp.Expr, info: ColInfo, engine_name: str,
                   *, what: str) -> SelectedColumn:
         if info.sensitive:
             raise QueryRejected(
@@ -246,8 +246,8 @@ class _Selector:
     # -- the engine query -------------------------------------------------------------
 
     def _query(self, tree: exp.Select, scope: Scope,
-               features: list[tuple[SelectedColumn, exp.Expression]],
-               label: tuple[SelectedColumn, exp.Expression]) -> exp.Select:
+               features: list[tuple[SelectedColumn, exp.Expr]],
+               label: tuple[SelectedColumn, exp.Expr]) -> exp.Select:
         """SELECT unit, features..., label with unit-less and label-less rows dropped.
 
         The analyzer already guarded WHERE and JOIN conditions (leaving provably
@@ -263,7 +263,7 @@ class _Selector:
                 value = exp.TryCast(this=value, to=exp.DataType.build("DOUBLE"))
             items.append(exp.alias_(value, col.engine_name, quoted=True))
         query.set("expressions", items)
-        conds: list[exp.Expression] = []
+        conds: list[exp.Expr] = []
         where = query.args.get("where")
         if where is not None:
             conds.append(where.this)
@@ -273,13 +273,13 @@ class _Selector:
         query.set("where", exp.Where(this=exp.and_(*conds)))
         return query
 
-    def _guard(self, e: exp.Expression) -> exp.Expression:
+    def _guard(self, e: exp.Expr) -> exp.Expr:
         if isinstance(e.unnest(), exp.Column | exp.Literal | exp.Null | exp.Boolean):
             return e
         return self.executor.guard(e)
 
 
-def _is_numeric(node: exp.Expression, values: ValueBuilder) -> bool:
+def _is_numeric(node: exp.Expr, values: ValueBuilder) -> bool:
     """Does interval arithmetic accept the expression (i.e. is it a number)?"""
     try:
         values.value(node)

@@ -26,7 +26,7 @@ _COMPARISONS = (exp.EQ, exp.NEQ, exp.GT, exp.GTE, exp.LT, exp.LTE, exp.NullSafeE
                 exp.NullSafeNEQ)
 
 
-def _operand(node: exp.Expression, scope: Scope, sql: str) -> tuple[str, str] | None:
+def _operand(node: exp.Expr, scope: Scope, sql: str) -> tuple[str, str] | None:
     """(kind, family): kind 'column' or 'constant'; None if not a simple operand."""
     node = node.unnest()
     if isinstance(node, exp.Column) and not isinstance(node.this, exp.Star):
@@ -67,7 +67,7 @@ def _compatible(a: tuple[str, str], b: tuple[str, str]) -> bool | None:
     return False
 
 
-def _pair_ok(x: exp.Expression, y: exp.Expression, node: exp.Expression, scope: Scope,
+def _pair_ok(x: exp.Expr, y: exp.Expr, node: exp.Expr, scope: Scope,
              sql: str) -> bool:
     a, b = _operand(x, scope, sql), _operand(y, scope, sql)
     if a is None or b is None:
@@ -92,7 +92,7 @@ def _pair_ok(x: exp.Expression, y: exp.Expression, node: exp.Expression, scope: 
     return bool(ok)
 
 
-def is_safe(node: exp.Expression, scope: Scope, sql: str) -> bool:
+def is_safe(node: exp.Expr, scope: Scope, sql: str) -> bool:
     """Does this condition certainly evaluate without error on every row?"""
     node = node.unnest()
     if isinstance(node, exp.And | exp.Or):
@@ -118,12 +118,12 @@ def is_safe(node: exp.Expression, scope: Scope, sql: str) -> bool:
     return False
 
 
-def check_constants(root: exp.Expression, sql: str,
-                    constant_ok: Callable[[exp.Expression], bool], scope: Scope) -> None:
+def check_constants(root: exp.Expr, sql: str,
+                    constant_ok: Callable[[exp.Expr], bool], scope: Scope) -> None:
     """Constants the engine will convert (CASTs of literals, strings compared with
     date columns) must convert: a failure would otherwise come from the engine,
     after the budget is charged."""
-    checks: list[tuple[exp.Expression, exp.Expression]] = []
+    checks: list[tuple[exp.Expr, exp.Expr]] = []
     for cast in root.find_all(exp.Cast, exp.TryCast):
         if type(cast) is exp.Cast and not any(True for _ in cast.find_all(exp.Column)):
             checks.append((cast, cast))
@@ -145,15 +145,15 @@ def check_constants(root: exp.Expression, sql: str,
                     to = "DATE" if info.type == "date" else "TIMESTAMP"
                     checks.append((node, exp.Cast(this=lit.copy(),
                                                   to=exp.DataType.build(to))))
-    for node, expr in checks:
+    for found, expr in checks:
         if not constant_ok(expr):
             raise QueryRejected(
-                f"the constant in {node.sql(dialect='duckdb')} is not a valid value of its type",
+                f"the constant in {found.sql(dialect='duckdb')} is not a valid value of its type",
                 hint="write dates as 'YYYY-MM-DD' and numbers as digits", rule="constant",
-                span=span_of(node, sql))
+                span=span_of(found, sql))
 
 
-def check_mismatches(root: exp.Expression, scope: Scope, sql: str) -> None:
+def check_mismatches(root: exp.Expr, scope: Scope, sql: str) -> None:
     """Reject every simple comparison of a text column with a number (and the like)."""
     for node in root.find_all(*_COMPARISONS, exp.In, exp.Between):
         try:
@@ -163,8 +163,8 @@ def check_mismatches(root: exp.Expression, scope: Scope, sql: str) -> None:
                 raise
 
 
-def guard_condition(cond: exp.Expression, scope: Scope, sql: str,
-                    guard: Callable[[exp.Expression], exp.Expression]) -> exp.Expression:
+def guard_condition(cond: exp.Expr, scope: Scope, sql: str,
+                    guard: Callable[[exp.Expr], exp.Expr]) -> exp.Expr:
     """Guard each conjunct that is not certainly safe, leaving safe ones visible."""
     conjuncts = list(cond.flatten()) if isinstance(cond, exp.And) else [cond]
     out = []

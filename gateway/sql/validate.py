@@ -25,19 +25,19 @@ SUPPORTED_AGGREGATES = (
     "VAR_POP", "VAR_SAMP", "VARIANCE", "STDDEV_POP", "STDDEV_SAMP", "STDDEV",
 )
 
-AGGREGATES: tuple[type[exp.Expression], ...] = (
+AGGREGATES: tuple[type[exp.Expr], ...] = (
     exp.Count, exp.Sum, exp.Avg, exp.Variance, exp.VariancePop,
     exp.Stddev, exp.StddevPop, exp.StddevSamp,
 )
 
-_STRUCTURE: tuple[type[exp.Expression], ...] = (
+_STRUCTURE: tuple[type[exp.Expr], ...] = (
     exp.Select, exp.From, exp.Join, exp.Where, exp.Group, exp.Having, exp.Order,
     exp.Ordered, exp.Limit, exp.Offset, exp.With, exp.CTE, exp.Subquery, exp.Table,
     exp.TableAlias, exp.Alias, exp.Column, exp.Identifier, exp.Star, exp.Distinct,
     exp.Filter,
 )
 
-_SCALARS: tuple[type[exp.Expression], ...] = (
+_SCALARS: tuple[type[exp.Expr], ...] = (
     exp.Literal, exp.Boolean, exp.Null, exp.Paren, exp.Neg, exp.Not, exp.And, exp.Or,
     exp.EQ, exp.NEQ, exp.GT, exp.GTE, exp.LT, exp.LTE, exp.NullSafeEQ, exp.NullSafeNEQ,
     exp.Is, exp.In, exp.Between, exp.Like, exp.ILike, exp.Add, exp.Sub, exp.Mul, exp.Div,
@@ -86,7 +86,7 @@ _EXTRACT_PARTS = _TRUNC_PARTS | frozenset({
 _INT64_MAX = 2**63 - 1
 
 # Why a few common things are refused, so the message can say what to do.
-_EXPLAINED: dict[type[exp.Expression], tuple[str, str]] = {
+_EXPLAINED: dict[type[exp.Expr], tuple[str, str]] = {
     exp.Window: ("window functions are not supported",
                  "aggregate with GROUP BY instead; ordering and ranking of the noisy result "
                  "can be done in ORDER BY"),
@@ -124,7 +124,7 @@ def validate(tree: exp.Select, sql: str, table_names: set[str], dialect: str = "
     return _unqualify(_make_casts_total(tree))
 
 
-def _check_node(node: exp.Expression, sql: str, tables: set[str], ctes: set[str]) -> None:
+def _check_node(node: exp.Expr, sql: str, tables: set[str], ctes: set[str]) -> None:
     kind = type(node)
     if isinstance(node, exp.Anonymous):
         name = node.name.lower()
@@ -269,7 +269,7 @@ def _check_with(with_: exp.With, sql: str) -> None:
         seen.add(name)
 
 
-def _visible_ctes(node: exp.Expression) -> set[str]:
+def _visible_ctes(node: exp.Expr) -> set[str]:
     """Names of the CTEs a table reference at ``node`` can see: inside a CTE only the
     ones defined before it (the engine's rule for non-recursive WITH), elsewhere all
     of the enclosing WITH clauses'."""
@@ -289,7 +289,7 @@ def _visible_ctes(node: exp.Expression) -> set[str]:
     return names
 
 
-def _check_not_nested(node: exp.Expression, sql: str) -> None:
+def _check_not_nested(node: exp.Expr, sql: str) -> None:
     """An aggregate may not sit inside another aggregate or in a FILTER (WHERE ...)."""
     child, parent = node, node.parent
     while parent is not None and not isinstance(parent, exp.Query):
@@ -303,7 +303,7 @@ def _check_not_nested(node: exp.Expression, sql: str) -> None:
         child, parent = parent, parent.parent
 
 
-def _check_row_count(node: exp.Expression, sql: str) -> None:
+def _check_row_count(node: exp.Expr, sql: str) -> None:
     value = node.args.get("expression")
     if not (isinstance(value, exp.Literal) and not value.is_string and value.is_int
             and 0 <= int(value.this) <= _INT64_MAX):
@@ -312,7 +312,7 @@ def _check_row_count(node: exp.Expression, sql: str) -> None:
                       f"write e.g. {word} 10", rule="syntax")
 
 
-def _int_constant(node: exp.Expression | None) -> bool:
+def _int_constant(node: exp.Expr | None) -> bool:
     if isinstance(node, exp.Neg):
         node = node.this
     return isinstance(node, exp.Literal) and not node.is_string and node.is_int and \
@@ -326,7 +326,7 @@ def _check_round_digits(node: exp.Round, sql: str) -> None:
                       "constant", "write e.g. ROUND(x, 2)", rule="function")
 
 
-def _check_date_part(node: exp.Expression, sql: str) -> None:
+def _check_date_part(node: exp.Expr, sql: str) -> None:
     if isinstance(node, exp.Anonymous):
         args = node.expressions
         part = args[0] if args else None
@@ -365,7 +365,7 @@ def _unqualify(tree: exp.Select) -> exp.Select:
 def _make_casts_total(tree: exp.Select) -> exp.Select:
     """CAST of anything but a constant becomes TRY_CAST (a failed conversion -> NULL)."""
 
-    def fix(node: exp.Expression) -> exp.Expression:
+    def fix(node: exp.Expr) -> exp.Expr:
         if type(node) is exp.Cast and not _is_constant(node.this):
             return exp.TryCast(this=node.this, to=node.args["to"])
         return node
@@ -373,11 +373,11 @@ def _make_casts_total(tree: exp.Select) -> exp.Select:
     return tree.transform(fix, copy=False)  # type: ignore[return-value]
 
 
-def _is_constant(node: exp.Expression) -> bool:
+def _is_constant(node: exp.Expr) -> bool:
     return not any(isinstance(n, exp.Column | exp.Star | exp.Select) for n in node.walk())
 
 
-def _func_name(node: exp.Expression) -> str:
+def _func_name(node: exp.Expr) -> str:
     if isinstance(node, exp.Anonymous):
         return node.name.upper()
     if isinstance(node, exp.Func):
@@ -385,11 +385,11 @@ def _func_name(node: exp.Expression) -> str:
     return type(node).__name__.upper()
 
 
-def _describe(node: exp.Expression) -> str:
+def _describe(node: exp.Expr) -> str:
     return re.sub(r"(?<!^)(?=[A-Z])", " ", type(node).__name__).upper()
 
 
-def span_of(node: exp.Expression, sql: str) -> Span | None:
+def span_of(node: exp.Expr, sql: str) -> Span | None:
     """Best-effort character span of ``node`` in the original text."""
     starts, ends = [], []
     for n in node.walk():
@@ -415,5 +415,5 @@ def span_of(node: exp.Expression, sql: str) -> Span | None:
     return Span(found, found + len(text), sql[found:found + len(text)])
 
 
-def _reject(node: exp.Expression, sql: str, msg: str, hint: str, *, rule: str) -> QueryRejected:
+def _reject(node: exp.Expr, sql: str, msg: str, hint: str, *, rule: str) -> QueryRejected:
     return QueryRejected(msg, hint=hint, rule=rule, span=span_of(node, sql))

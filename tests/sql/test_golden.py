@@ -35,7 +35,8 @@ def gw(tmp_path_factory: pytest.TempPathFactory) -> Any:
 def raw() -> Any:
     con = duckdb.connect()
     con.execute(f"CREATE VIEW visits AS SELECT * FROM read_parquet('{SAMPLE / 'visits.parquet'}')")
-    con.execute(f"CREATE VIEW countries AS SELECT * FROM read_csv_auto('{SAMPLE / 'countries.csv'}')")
+    countries = SAMPLE / "countries.csv"
+    con.execute(f"CREATE VIEW countries AS SELECT * FROM read_csv_auto('{countries}')")
     yield con
     con.close()
 

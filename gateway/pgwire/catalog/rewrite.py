@@ -102,11 +102,11 @@ def pg_name(item: exp.Expr) -> str:
         if isinstance(inner, exp.Literal | exp.Null | exp.Boolean):
             to = node.to
             return (to.sql(dialect="postgres").lower().split(".")[-1]
-                    if isinstance(to, exp.Expression) else "?column?")
+                    if isinstance(to, exp.Expr) else "?column?")
         node = inner
     if isinstance(node, exp.Column):
         return node.name if not isinstance(node.this, exp.Star) else "?column?"
-    if isinstance(node, exp.Dot) and isinstance(node.expression, exp.Expression):
+    if isinstance(node, exp.Dot) and isinstance(node.expression, exp.Expr):
         return pg_name(node.expression)
     if isinstance(node, exp.Anonymous):
         return str(node.this).lower()
@@ -147,7 +147,7 @@ def _type_name(to: exp.Expr | None) -> tuple[str, bool]:
         kind = to.args.get("kind")
         if isinstance(kind, exp.Dot):
             return kind.expression.name.lower(), False
-        if isinstance(kind, exp.Expression):
+        if isinstance(kind, exp.Expr):
             return kind.name.lower(), False
         return "", False
     return to.this.value.lower(), False
@@ -475,12 +475,12 @@ def _lit(v: str | None) -> str:
 def _post_order(node: exp.Expr, fn: Callable[[exp.Expr], exp.Expr]
                 ) -> exp.Expr:
     for key, value in list(node.args.items()):
-        if isinstance(value, exp.Expression):
+        if isinstance(value, exp.Expr):
             new = _post_order(value, fn)
             if new is not value:
                 node.set(key, new)
         elif isinstance(value, list):
-            changed = [(_post_order(v, fn) if isinstance(v, exp.Expression) else v)
+            changed = [(_post_order(v, fn) if isinstance(v, exp.Expr) else v)
                        for v in value]
             if any(a is not b for a, b in zip(changed, value, strict=True)):
                 node.set(key, changed)
