@@ -8,7 +8,8 @@ committed charge survive a crash.  A crash between charge and release loses
 budget, never privacy.  There are no refunds once data was touched.
 
 Budget checks compose exactly (Decimal basic composition) first, which is O(1)
-from running totals; only when that would not fit does the PLD accountant
+from running totals, then by advanced composition from running sums of ε² and
+ε·tanh(ε/2) (also O(1)); only when neither fits does the PLD accountant
 (tight, via dp-accounting) decide, from an in-memory accountant per scope that
 catches up with charges other processes committed.
 """
@@ -31,6 +32,7 @@ from typing import Any
 
 from gateway.errors import BudgetExceeded, InvalidRequest, LedgerUnavailable, NotFound
 from gateway.privacy.accountant import Accountant
+from gateway.privacy.composition import Moments, advanced_epsilon
 from gateway.privacy.events import PrivacyEvent, event_from_dict
 
 SCHEMA = """
@@ -45,6 +47,8 @@ CREATE TABLE IF NOT EXISTS charges (
 CREATE INDEX IF NOT EXISTS charges_scope ON charges (dataset, analyst, id);
 CREATE TABLE IF NOT EXISTS totals (
   scope TEXT PRIMARY KEY, epsilon TEXT NOT NULL, delta TEXT NOT NULL, n INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS moments (
+  scope TEXT PRIMARY KEY, sq REAL NOT NULL, th REAL NOT NULL, dl REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS answers (
   key TEXT PRIMARY KEY, dataset TEXT NOT NULL, status TEXT NOT NULL, result TEXT,
   created REAL NOT NULL, owner TEXT);
@@ -158,7 +162,11 @@ class Ledger:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             con = self._con()
+            fresh = not con.execute("SELECT 1 FROM sqlite_master WHERE name = 'moments'"
+                                    ).fetchone()
             con.executescript(SCHEMA)
+            if fresh:
+                self._rebuild_moments(con)
             columns = {r[1] for r in con.execute("PRAGMA table_info(answers)")}
             if "owner" not in columns:  # state files from before owners were recorded
                 con.execute("ALTER TABLE answers ADD COLUMN owner TEXT")
@@ -310,6 +318,23 @@ class Ledger:
             return Decimal(0), Decimal(0), 0
         return Decimal(row[0]), Decimal(row[1]), int(row[2])
 
+    def _moments(self, con: sqlite3.Connection, scope: str) -> Moments:
+        row = con.execute("SELECT sq, th, dl FROM moments WHERE scope = ?", (scope,)).fetchone()
+        return Moments(*row) if row is not None else Moments()
+
+    def _rebuild_moments(self, con: sqlite3.Connection) -> None:
+        """State files from before the moments table: recompute it from the charges."""
+        sums: dict[str, Moments] = {}
+        rows = con.execute("SELECT dataset, analyst, events FROM charges").fetchall()
+        for dataset, analyst, text in rows:
+            for scope in (f"analyst:{dataset}:{analyst}", f"dataset:{dataset}"):
+                for e in json.loads(text):
+                    event = event_from_dict(e)
+                    sums[scope] = sums.get(scope, Moments()).plus(event.epsilon, event.delta)
+        for scope, m in sums.items():
+            con.execute("INSERT OR REPLACE INTO moments VALUES (?, ?, ?, ?)",
+                        (scope, m.sq, m.th, m.delta))
+
     def _fits(self, con: sqlite3.Connection, scope: str, budget: tuple[float, float],
               cost: Cost) -> bool:
         eps, delta, _ = self._totals(con, scope)
@@ -317,6 +342,11 @@ class Ledger:
             return True  # basic composition suffices: O(1)
         if budget[1] <= 0:
             return False
+        moments = self._moments(con, scope)
+        for e in cost.events:
+            moments = moments.plus(e.epsilon, e.delta)
+        if advanced_epsilon(moments, budget[1]) <= budget[0]:
+            return True  # advanced composition from running sums: still O(1)
         state = self._catch_up(con, scope)
         return state.accountant.pld_epsilon(budget[1], cost.events) <= budget[0]
 
@@ -362,6 +392,11 @@ class Ledger:
                  repr(float(cost.delta)), json.dumps([e.to_dict() for e in cost.events]),
                  time.time()))
             for scope in (a_scope, d_scope):
+                m = self._moments(con, scope)
+                for e in cost.events:
+                    m = m.plus(e.epsilon, e.delta)
+                con.execute("INSERT OR REPLACE INTO moments VALUES (?, ?, ?, ?)",
+                            (scope, m.sq, m.th, m.delta))
                 eps, delta, n = self._totals(con, scope)
                 con.execute("INSERT OR REPLACE INTO totals (scope, epsilon, delta, n) VALUES "
                             "(?, ?, ?, ?)", (scope, str(eps + dec(cost.epsilon)),

@@ -173,3 +173,29 @@ def test_audit_records_every_request(tmp_path: Path) -> None:
         log = gw.audit(analyst="alice")
         assert [e["outcome"] for e in log] == ["ok", "query_rejected"]
         assert log[0]["epsilon"] == 0.1 and log[1]["epsilon"] == 0.0
+
+
+def test_advanced_composition_admits_without_the_pld_accountant(tmp_path: Path) -> None:
+    """Basic composition is exceeded but advanced composition (running sums) fits: the
+    query is admitted without building any PLD."""
+    led = _ledger(tmp_path, (5.0, 1e-6), (1e9, 1e-3))
+    alice = led.analyst("alice")
+    assert alice is not None
+    cost = Cost(0.05, 0.0, (LaplaceEvent(0.05),))
+    for i in range(120):  # basic: 6.0 > 5.0; advanced ≈ 3.7
+        led.reserve(alice, f"q{i}", "query", "q", cost)
+    state = led._scopes.get("analyst:web:alice")
+    assert state is None or len(state.accountant) == 0
+
+
+def test_moments_are_rebuilt_for_old_state_files(tmp_path: Path) -> None:
+    led = _ledger(tmp_path, (100.0, 1e-6))
+    alice = led.analyst("alice")
+    assert alice is not None
+    for i in range(3):
+        led.reserve(alice, f"q{i}", "query", "q", Cost(0.5, 0.0, (LaplaceEvent(0.5),)))
+    before = led._moments(led._con(), "analyst:web:alice")
+    led._con().execute("DROP TABLE moments")
+    led.close()
+    again = Ledger(tmp_path / "state.db", "web", (1e9, 0.5), (100.0, 1e-6))
+    assert again._moments(again._con(), "analyst:web:alice") == before
