@@ -130,18 +130,23 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             return serve_main(args)
         return _run(args)
-    except BudgetExceeded as e:
+    except GatewayError as e:
+        return report_error(e)
+
+
+def report_error(e: GatewayError) -> int:
+    """Print a gateway error for a person; the exit code says which kind it was."""
+    if isinstance(e, BudgetExceeded):
         print(f"budget exceeded: {e.detail}", file=sys.stderr)
         return 3
-    except QueryRejected as e:
+    if isinstance(e, QueryRejected):
         print(f"rejected: {e.detail}", file=sys.stderr)
         if e.span is not None:
             print(f"  at: {e.span.text!r} (characters {e.span.start}-{e.span.end})",
                   file=sys.stderr)
         return 2
-    except GatewayError as e:
-        print(f"error: {e.detail}", file=sys.stderr)
-        return 1
+    print(f"error: {e.detail}", file=sys.stderr)
+    return 1
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -35,8 +35,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -94,44 +93,16 @@ class IdempotencyStore:
         self.ttl_s = ttl_s
         self.stale_after_s = stale_after_s
         self.owner = f"{os.getpid()}:{uuid.uuid4().hex[:12]}"
-        self._local = threading.local()
         self._purged = 0.0
         self._purge_lock = threading.Lock()
 
     def _con(self) -> sqlite3.Connection:
-        con = getattr(self._local, "con", None)
-        if con is None:
-            con = sqlite3.connect(self.ledger.path, timeout=30.0, isolation_level=None,
-                                  check_same_thread=False)
-            con.execute("PRAGMA journal_mode=WAL")
-            con.execute("PRAGMA synchronous=NORMAL")
-            con.execute("PRAGMA busy_timeout=30000")
-            self._local.con = con
-        return con
+        # Claims need no fsync: a lost claim after a power cut means a retry runs
+        # again, and the ledger's own charge (fsynced) stops a second charge.
+        return self.ledger.connection(relaxed=True)
 
-    @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        try:
-            con = self._con()
-            con.execute("BEGIN IMMEDIATE")
-        except sqlite3.Error as e:
-            raise LedgerUnavailable(f"the ledger is unavailable ({type(e).__name__})",
-                                    hint="retry later; nothing was charged") from None
-        try:
-            yield con
-        except sqlite3.Error as e:
-            con.execute("ROLLBACK")
-            raise LedgerUnavailable(f"the ledger is unavailable ({type(e).__name__})",
-                                    hint="retry later") from None
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
-        try:
-            con.execute("COMMIT")
-        except sqlite3.Error as e:
-            con.execute("ROLLBACK")
-            raise LedgerUnavailable(f"the ledger could not commit ({type(e).__name__})",
-                                    hint="retry later") from None
+    def _write(self) -> AbstractContextManager[sqlite3.Connection]:
+        return self.ledger.transaction(relaxed=True)
 
     # -- claiming ------------------------------------------------------------------
 

@@ -24,7 +24,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -198,6 +198,13 @@ class Ledger:
                                     hint="retry later; nothing was charged") from None
         try:
             yield con
+        except sqlite3.IntegrityError:
+            con.execute("ROLLBACK")
+            raise  # a constraint the caller knows how to report
+        except sqlite3.Error as e:
+            con.execute("ROLLBACK")
+            raise LedgerUnavailable(f"the ledger is unavailable ({type(e).__name__})",
+                                    hint="retry later; nothing was charged") from None
         except BaseException:
             con.execute("ROLLBACK")
             raise
@@ -379,12 +386,7 @@ class Ledger:
                     # Its owner died after paying: the budget is lost, the answer is not
                     # released; compute (and pay for) it afresh.
                     con.execute("DELETE FROM answers WHERE key = ?", (answer_key,))
-            if not self._fits(con, a_scope, (analyst.epsilon, analyst.delta), cost):
-                raise self._exceeded(con, a_scope, (analyst.epsilon, analyst.delta), cost,
-                                     f"analyst {analyst.name!r}")
-            if not self._fits(con, d_scope, self.dataset_budget, cost):
-                raise self._exceeded(con, d_scope, self.dataset_budget, cost,
-                                     f"dataset {self.dataset!r}")
+            self._check_affordable(con, analyst, cost)
             con.execute(
                 "INSERT INTO charges (dataset, analyst, query_id, kind, sql, epsilon, delta, "
                 "events, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -406,6 +408,29 @@ class Ledger:
                             " VALUES (?, ?, 'pending', NULL, ?, ?)",
                             (answer_key, self.dataset, time.time(), OWNER))
         return Reservation(True)
+
+    def _check_affordable(self, con: sqlite3.Connection, analyst: Analyst, cost: Cost) -> None:
+        a_scope, d_scope = self._scope_names(analyst.name)
+        if not self._fits(con, a_scope, (analyst.epsilon, analyst.delta), cost):
+            raise self._exceeded(con, a_scope, (analyst.epsilon, analyst.delta), cost,
+                                 f"analyst {analyst.name!r}")
+        if not self._fits(con, d_scope, self.dataset_budget, cost):
+            raise self._exceeded(con, d_scope, self.dataset_budget, cost,
+                                 f"dataset {self.dataset!r}")
+
+    def preflight(self, analyst: Analyst, cost: Cost) -> None:
+        """Raise BudgetExceeded if ``cost`` would not fit now; charges nothing.  For work
+        charged in several steps (training), so a refused step costs nothing earlier."""
+        with self._write() as con:
+            self._check_affordable(con, analyst, cost)
+
+    # Public access for modules keeping their own tables in the state database
+    # (idempotency keys, the model registry): same file, same transactions.
+    def transaction(self, relaxed: bool = False) -> AbstractContextManager[sqlite3.Connection]:
+        return self._write(relaxed)
+
+    def connection(self, relaxed: bool = False) -> sqlite3.Connection:
+        return self._con(relaxed)
 
     def _exceeded(self, con: sqlite3.Connection, scope: str, budget: tuple[float, float],
                   cost: Cost, who: str) -> BudgetExceeded:

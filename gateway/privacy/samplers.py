@@ -25,11 +25,10 @@ smallest epsilon the gateway allows (1e-4).
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 from scipy import special
 
+from gateway.privacy.calibration import _positive
 from gateway.privacy.random import RandomSource, _check_count, default_random, uniform_open
 
 __all__ = [
@@ -52,16 +51,6 @@ _LOW63 = np.uint64(2**63 - 1)
 _SHIFT63 = np.uint64(63)
 _TWO_POW_M63 = 2.0**-63
 _BELOW_ONE = float(np.nextafter(1.0, 0.0))
-
-
-def _check_positive(name: str, value: float) -> float:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a number, got {value!r}") from None
-    if not math.isfinite(v) or v <= 0.0:
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-    return v
 
 
 def _check_ratio(scale: float, grid: float, what: str) -> None:
@@ -100,7 +89,7 @@ def discrete_laplace(scale: float, n: int, rng: RandomSource | None = None) -> n
     2006).  Finite precision truncates each geometric at ~45 scales (see the
     module docstring): |k| ≲ 45·scale, tail mass ≈ e^-44, a negligible δ.
     """
-    scale = _check_positive("scale", scale)
+    scale = _positive("scale", scale)
     if scale > MAX_DISCRETE_SCALE:
         raise ValueError(
             f"discrete Laplace scale {scale:.3g} exceeds {MAX_DISCRETE_SCALE:.3g}; "
@@ -129,8 +118,8 @@ def rounded_laplace(
     not already on the grid, rounding it first can move neighbours ``grid`` further
     apart: calibrate with :func:`gateway.privacy.calibration.grid_sensitivity`.
     """
-    scale = _check_positive("scale", scale)
-    grid = _check_positive("grid", grid)
+    scale = _positive("scale", scale)
+    grid = _positive("grid", grid)
     _check_ratio(scale, grid, "scale")
     n = _check_count(n)
     rng = rng if rng is not None else default_random()
@@ -155,8 +144,8 @@ def rounded_gaussian(
     ~9.2 sigma in *both* tails, unlike ``Φ⁻¹(U)`` which loses the upper tail to
     the spacing of doubles near 1.
     """
-    sigma = _check_positive("sigma", sigma)
-    grid = _check_positive("grid", grid)
+    sigma = _positive("sigma", sigma)
+    grid = _positive("grid", grid)
     _check_ratio(sigma, grid, "sigma")
     n = _check_count(n)
     rng = rng if rng is not None else default_random()

@@ -13,7 +13,7 @@ import sys
 import time
 from typing import Any
 
-from gateway.errors import BudgetExceeded, GatewayError, QueryRejected
+from gateway.errors import GatewayError
 from gateway.training.models import ACTIVATIONS, MODELS
 
 _DEFAULT_POLICY = "policies/web.yaml"
@@ -91,18 +91,10 @@ def run_train(args: argparse.Namespace) -> int:
             m = gw.train_as(who, args.sql, args.label, args.model, args.epsilon, args.delta,
                             progress=ProgressBar(), **hyper)
             out = m.to_dict()
-    except BudgetExceeded as e:
-        print(f"budget exceeded: {e.detail}", file=sys.stderr)
-        return 3
-    except QueryRejected as e:
-        print(f"rejected: {e.detail}", file=sys.stderr)
-        if e.span is not None:
-            print(f"  at: {e.span.text!r} (characters {e.span.start}-{e.span.end})",
-                  file=sys.stderr)
-        return 2
     except GatewayError as e:
-        print(f"error: {e.detail}", file=sys.stderr)
-        return 1
+        from gateway.cli import report_error
+
+        return report_error(e)
     if args.json:
         print(json.dumps(out, indent=2, default=str))
     else:

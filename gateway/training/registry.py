@@ -43,7 +43,7 @@ class Registry:
 
     def create(self, model_id: str, analyst: str, spec: dict[str, Any]) -> None:
         now = time.time()
-        with self.ledger._write() as con:
+        with self.ledger.transaction() as con:
             con.execute(
                 "INSERT INTO models (id, dataset, analyst, status, progress, spec, result, "
                 "error, created, updated) VALUES (?, ?, ?, ?, 0, ?, NULL, NULL, ?, ?)",
@@ -51,7 +51,7 @@ class Registry:
 
     def progress(self, model_id: str, fraction: float) -> None:
         try:
-            with self.ledger._write() as con:
+            with self.ledger.transaction() as con:
                 con.execute("UPDATE models SET status = ?, progress = ?, updated = ? "
                             "WHERE id = ? AND status IN (?, ?)",
                             (RUNNING, float(fraction), time.time(), model_id, QUEUED, RUNNING))
@@ -59,13 +59,13 @@ class Registry:
             pass  # progress is a courtesy; the final state is written with retries below
 
     def finish(self, model_id: str, result: dict[str, Any]) -> None:
-        with self.ledger._write() as con:
+        with self.ledger.transaction() as con:
             con.execute("UPDATE models SET status = ?, progress = 1, result = ?, updated = ? "
                         "WHERE id = ?", (DONE, json.dumps(result), time.time(), model_id))
 
     def fail(self, model_id: str, error: str) -> None:
         try:
-            with self.ledger._write() as con:
+            with self.ledger.transaction() as con:
                 con.execute("UPDATE models SET status = ?, error = ?, updated = ? WHERE id = ?",
                             (FAILED, error, time.time(), model_id))
         except LedgerUnavailable:
@@ -88,7 +88,7 @@ class Registry:
 
     def _read(self, sql: str, args: Any) -> list[tuple[Any, ...]]:
         try:
-            return self.ledger._con().execute(sql, args).fetchall()
+            return self.ledger.connection().execute(sql, args).fetchall()
         except sqlite3.Error as e:
             raise LedgerUnavailable(f"the state database is unavailable ({type(e).__name__})",
                                     hint="retry later") from None

@@ -212,15 +212,7 @@ class TrainingService:
         events: list[PrivacyEvent] = [ApproxDpEvent(epsilon - shares.count, delta)]
         if shares.count > 0:
             events.append(accounting.count_event(shares.count))
-        cost = Cost(epsilon, delta, tuple(events))
-        a_scope, d_scope = ledger._scope_names(who.name)
-        with ledger._write() as con:
-            if not ledger._fits(con, a_scope, (who.epsilon, who.delta), cost):
-                raise ledger._exceeded(con, a_scope, (who.epsilon, who.delta), cost,
-                                       f"analyst {who.name!r}")
-            if not ledger._fits(con, d_scope, ledger.dataset_budget, cost):
-                raise ledger._exceeded(con, d_scope, ledger.dataset_budget, cost,
-                                       f"dataset {ledger.dataset!r}")
+        ledger.preflight(who, Cost(epsilon, delta, tuple(events)))
 
     def _reserve(self, who: Analyst, model_id: str, sql: str, cost: Cost) -> None:
         try:
