@@ -18,13 +18,9 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import socket
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -34,37 +30,7 @@ from gateway.errors import BudgetExceeded, InvalidRequest, LedgerUnavailable, No
 from gateway.privacy.accountant import Accountant
 from gateway.privacy.composition import Moments, advanced_epsilon
 from gateway.privacy.events import PrivacyEvent, event_from_dict
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS analysts (
-  dataset TEXT NOT NULL, name TEXT NOT NULL, key_hash TEXT UNIQUE, role TEXT NOT NULL,
-  epsilon TEXT NOT NULL, delta TEXT NOT NULL, scram TEXT, created REAL NOT NULL,
-  PRIMARY KEY (dataset, name));
-CREATE TABLE IF NOT EXISTS charges (
-  id INTEGER PRIMARY KEY AUTOINCREMENT, dataset TEXT NOT NULL, analyst TEXT NOT NULL,
-  query_id TEXT NOT NULL, kind TEXT NOT NULL, sql TEXT, epsilon TEXT NOT NULL,
-  delta TEXT NOT NULL, events TEXT NOT NULL, created REAL NOT NULL);
-CREATE INDEX IF NOT EXISTS charges_scope ON charges (dataset, analyst, id);
-CREATE TABLE IF NOT EXISTS totals (
-  scope TEXT PRIMARY KEY, epsilon TEXT NOT NULL, delta TEXT NOT NULL, n INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS moments (
-  scope TEXT PRIMARY KEY, sq REAL NOT NULL, th REAL NOT NULL, dl REAL NOT NULL);
-CREATE TABLE IF NOT EXISTS answers (
-  key TEXT PRIMARY KEY, dataset TEXT NOT NULL, status TEXT NOT NULL, result TEXT,
-  created REAL NOT NULL, owner TEXT);
-CREATE TABLE IF NOT EXISTS idempotency (
-  analyst TEXT NOT NULL, key TEXT NOT NULL, dataset TEXT NOT NULL, status TEXT NOT NULL,
-  response TEXT, created REAL NOT NULL, PRIMARY KEY (dataset, analyst, key));
-CREATE TABLE IF NOT EXISTS audit (
-  id INTEGER PRIMARY KEY AUTOINCREMENT, ts REAL NOT NULL, dataset TEXT NOT NULL,
-  analyst TEXT, action TEXT NOT NULL, sql TEXT, epsilon TEXT, delta TEXT,
-  outcome TEXT NOT NULL, detail TEXT, query_id TEXT);
-CREATE INDEX IF NOT EXISTS audit_ts ON audit (dataset, ts);
-CREATE TABLE IF NOT EXISTS models (
-  id TEXT PRIMARY KEY, dataset TEXT NOT NULL, analyst TEXT NOT NULL, status TEXT NOT NULL,
-  progress REAL NOT NULL, spec TEXT NOT NULL, result TEXT, error TEXT, created REAL NOT NULL,
-  updated REAL NOT NULL);
-"""
+from gateway.statedb import OWNER, StateDB, alive
 
 PENDING_STALE_S = 600.0
 
@@ -147,86 +113,20 @@ class _Scope:
         self.lock = threading.Lock()
 
 
-class Ledger:
+class Ledger(StateDB):
     def __init__(self, path: Path, dataset: str, dataset_budget: tuple[float, float],
                  default_analyst_budget: tuple[float, float]) -> None:
-        self.path = Path(path)
+        super().__init__(path)
         self.dataset = dataset
         self.dataset_budget = dataset_budget
         self.default_budget = default_analyst_budget
-        self._local = threading.local()
         self._scopes: dict[str, _Scope] = {}
         self._scope_lock = threading.Lock()
         # Spent totals only change with new charges: memoised by the charge count.
         self._spent_memo: dict[tuple[str, int, tuple[float, float]], Spent] = {}
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            con = self._con()
-            fresh = not con.execute("SELECT 1 FROM sqlite_master WHERE name = 'moments'"
-                                    ).fetchone()
-            con.executescript(SCHEMA)
-            if fresh:
+        if "moments" in self.created:
+            with self._write() as con:
                 self._rebuild_moments(con)
-            columns = {r[1] for r in con.execute("PRAGMA table_info(answers)")}
-            if "owner" not in columns:  # state files from before owners were recorded
-                con.execute("ALTER TABLE answers ADD COLUMN owner TEXT")
-        except (sqlite3.Error, OSError) as e:
-            raise LedgerUnavailable(f"cannot open the ledger at {self.path} ({e})") from None
-
-    # -- connections ------------------------------------------------------------
-
-    def _con(self, relaxed: bool = False) -> sqlite3.Connection:
-        attr = "relaxed" if relaxed else "con"
-        con = getattr(self._local, attr, None)
-        if con is None:
-            con = sqlite3.connect(self.path, timeout=30.0, isolation_level=None,
-                                  check_same_thread=False)
-            con.execute("PRAGMA journal_mode=WAL")
-            con.execute(f"PRAGMA synchronous={'NORMAL' if relaxed else 'FULL'}")
-            con.execute("PRAGMA busy_timeout=30000")
-            setattr(self._local, attr, con)
-        return con
-
-    @contextmanager
-    def _write(self, relaxed: bool = False) -> Iterator[sqlite3.Connection]:
-        """One IMMEDIATE transaction: the ledger's write lock for check-then-write."""
-        con = self._con(relaxed)
-        try:
-            con.execute("BEGIN IMMEDIATE")
-        except sqlite3.Error as e:
-            raise LedgerUnavailable(f"the ledger is unavailable ({type(e).__name__})",
-                                    hint="retry later; nothing was charged") from None
-        try:
-            yield con
-        except sqlite3.IntegrityError:
-            con.execute("ROLLBACK")
-            raise  # a constraint the caller knows how to report
-        except sqlite3.Error as e:
-            con.execute("ROLLBACK")
-            raise LedgerUnavailable(f"the ledger is unavailable ({type(e).__name__})",
-                                    hint="retry later; nothing was charged") from None
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
-        try:
-            con.execute("COMMIT")
-        except sqlite3.Error as e:
-            con.execute("ROLLBACK")
-            raise LedgerUnavailable(f"the ledger could not commit ({type(e).__name__})",
-                                    hint="retry later; nothing was charged") from None
-
-    def _read(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        try:
-            return self._con().execute(sql, args).fetchall()
-        except sqlite3.Error as e:
-            raise LedgerUnavailable(f"the ledger is unavailable ({type(e).__name__})") from None
-
-    def close(self) -> None:
-        for attr in ("con", "relaxed"):
-            con = getattr(self._local, attr, None)
-            if con is not None:
-                con.close()
-                setattr(self._local, attr, None)
 
     # -- analysts ----------------------------------------------------------------
 
@@ -381,7 +281,7 @@ class Ledger:
                     status, result, created, owner = row
                     if status == "done":
                         return Reservation(False, result)
-                    if time.time() - created < PENDING_STALE_S and _alive(owner):
+                    if time.time() - created < PENDING_STALE_S and alive(owner):
                         return None  # someone is computing it: wait, do not pay twice
                     # Its owner died after paying: the budget is lost, the answer is not
                     # released; compute (and pay for) it afresh.
@@ -423,14 +323,6 @@ class Ledger:
         charged in several steps (training), so a refused step costs nothing earlier."""
         with self._write() as con:
             self._check_affordable(con, analyst, cost)
-
-    # Public access for modules keeping their own tables in the state database
-    # (idempotency keys, the model registry): same file, same transactions.
-    def transaction(self, relaxed: bool = False) -> AbstractContextManager[sqlite3.Connection]:
-        return self._write(relaxed)
-
-    def connection(self, relaxed: bool = False) -> sqlite3.Connection:
-        return self._con(relaxed)
 
     def _exceeded(self, con: sqlite3.Connection, scope: str, budget: tuple[float, float],
                   cost: Cost, who: str) -> BudgetExceeded:
@@ -559,26 +451,6 @@ class Ledger:
             raise NotFound(f"no analyst named {name!r}",
                            hint="create one with `gateway analyst add NAME`")
         return found
-
-
-OWNER = f"{socket.gethostname()}:{os.getpid()}"
-
-
-def _alive(owner: str | None) -> bool:
-    """Is the process that marked an answer pending still running?  Only decidable
-    on the same host; elsewhere it is assumed alive until the entry goes stale."""
-    if not owner or ":" not in owner:
-        return True
-    host, _, pid = owner.rpartition(":")
-    if host != socket.gethostname() or not pid.isdigit():
-        return True
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _analyst(row: tuple[Any, ...]) -> Analyst:

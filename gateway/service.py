@@ -26,7 +26,7 @@ from sqlglot import exp
 from gateway import auth
 from gateway.calibrate import Calibration, calibrate, check_budget_request
 from gateway.engine import SourceTable, open_executor
-from gateway.errors import AuthError, GatewayError, InvalidRequest, QueryRejected
+from gateway.errors import AuthError, GatewayError, InvalidRequest
 from gateway.ledger import Analyst, AuditLine, Cost, Ledger
 from gateway.perturb import perturb
 from gateway.policy import Policy, load_policy
@@ -436,7 +436,3 @@ def _plain(v: Any) -> Any:
     if hasattr(v, "isoformat"):
         return v.isoformat()
     return v
-
-
-def reject_reason(e: QueryRejected) -> str:
-    return e.detail

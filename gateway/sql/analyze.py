@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any
 
 from sqlglot import exp
 
@@ -471,7 +470,3 @@ def _plain_outputs(outer: exp.Select) -> tuple[tuple[str, str] | None, ...] | No
 def _public(info: ColInfo) -> ColInfo:
     return ColInfo(info.name, info.type, info.bounds, info.raw_bounds, info.public_values,
                    info.values_from, False, False, True)
-
-
-def literal_values(domain: tuple[Any, ...]) -> list[exp.Expr]:
-    return [exp.convert(v) for v in domain]

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from sqlglot import exp
 
 from gateway.engine.base import Executor
-from gateway.sql.plan import KeySpec, Plan, StatSpec
+from gateway.sql.plan import KeySpec, Plan
 
 MAX_IN_LIST = 1000
 
@@ -166,7 +166,8 @@ class _Rewriter:
         group_by = ["__dp_unit", *self.keys]
         items: list[exp.Expr] = [_col(c) for c in group_by]
         for s in self.plan.stats:
-            value = self._value_of(s)
+            assert s.value is not None
+            value = s.value
             v = _col(self.stat_value[s.name])
             if s.kind == "sum":
                 is_one = isinstance(value, exp.Literal) and value.this == "1"
@@ -182,10 +183,6 @@ class _Rewriter:
                 agg = _coalesce0(_sum(term))
             items.append(exp.alias_(agg, s.name, quoted=True))
         return exp.select(*items).from_("__dp_rows").group_by(*[_col(c) for c in group_by])
-
-    def _value_of(self, s: StatSpec) -> exp.Expr:
-        assert s.value is not None
-        return s.value
 
     # -- stages 3 and 4 ------------------------------------------------------------
 

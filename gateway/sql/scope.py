@@ -13,7 +13,7 @@ Everything here is a function of the SQL and the policy, never of the data.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlglot import exp
@@ -243,7 +243,3 @@ def _check_outer_sides(relations: list[tuple[Relation, exp.Join | None]], sql: s
             raise QueryRejected(
                 f"{join.side} JOIN in a query over several protected tables is not supported",
                 hint="use INNER or LEFT JOINs", rule="join", span=span_of(join, sql))
-
-
-def with_columns(rel: Relation, columns: dict[str, ColInfo]) -> Relation:
-    return replace(rel, columns=columns)
