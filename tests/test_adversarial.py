@@ -142,10 +142,12 @@ def _col(result: Any, name: str) -> list[Any]:
 
 
 def _slack(result: Any, name: str) -> float:
-    """Ten times the 95% half-width of the column's noise (e^-30 odds for Laplace)."""
+    """Ten times the 95% half-width of the column's noise (e^-30 odds for Laplace), and
+    never less than 40 noise scales: a discrete Laplace of scale 0.15 has a 95%
+    half-width of 0 but is 1 about once in 1,500 draws (40 scales: odds e^-40)."""
     for acc in result.accuracy:
         if acc.column == name and acc.ci95 is not None:
-            return 10.0 * acc.ci95
+            return max(10.0 * acc.ci95, 40.0 * (acc.noise_scale or 0.0))
     return 0.0
 
 
