@@ -829,7 +829,8 @@ LEDGER_EPS = (0.001, 0.002, 0.005, 0.01, 0.02)
 LEDGER_ENTRIES = 10_000
 BUDGET_DELTA = 1e-6
 BUDGET_BASIC = 1e6  # (a): basic composition fits
-BUDGET_PLD = 50.0  # (b): basic (~76) exceeds it, the PLD accountant decides
+BUDGET_PLD = 50.0  # (b): basic (~76) exceeds it; advanced composition (~5.9) admits
+BUDGET_TIGHT = 5.5  # (c): between PLD (~5.04) and advanced (~5.94): the PLD accountant decides
 
 
 def _ledger(path: Path) -> Ledger:
@@ -889,6 +890,8 @@ def ledger_probe(path: Path, mode: str) -> dict[str, Any]:
     who = led.ensure_analyst("alice")
     if mode == "pld":
         who = dataclasses.replace(who, epsilon=BUDGET_PLD)
+    elif mode == "tight":
+        who = dataclasses.replace(who, epsilon=BUDGET_TIGHT)
     t = _reserve(led, who)
     a_scope = led._scope_names("alice")[0]
     eps_b, _, n = led._totals(led._con(), a_scope)
@@ -902,7 +905,7 @@ def bench_ledger(reps: int) -> dict[str, Any]:
     t0 = time.perf_counter()
     populate_ledger(path)
     out: dict[str, Any] = {"populate_s": time.perf_counter() - t0}
-    for mode in ("basic", "pld"):  # each in a fresh process: nothing cached in memory
+    for mode in ("basic", "pld", "tight"):  # each in a fresh process: nothing cached
         proc = subprocess.run([sys.executable, __file__, "--_ledger-probe", str(path), mode],
                               capture_output=True, text=True, check=True)
         out[f"{mode}_cold"] = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -913,6 +916,9 @@ def bench_ledger(reps: int) -> dict[str, Any]:
     out["basic_warm_ms"] = statistics.median(_reserve(led, who) for _ in range(reps))
     _reserve(led, small)  # catch up with the charges above
     out["pld_warm_ms"] = statistics.median(_reserve(led, small) for _ in range(reps))
+    tight = dataclasses.replace(who, epsilon=BUDGET_TIGHT)
+    _reserve(led, tight)
+    out["tight_warm_ms"] = statistics.median(_reserve(led, tight) for _ in range(reps))
     acc = led._catch_up(led._con(), led._scope_names("alice")[0]).accountant
     out["pld_eps"] = acc.pld_epsilon(BUDGET_DELTA)
     out["basic_eps"] = float(acc.basic()[0])
@@ -1106,8 +1112,10 @@ def run(args: argparse.Namespace) -> int:
           f"PLD ε at δ={BUDGET_DELTA:g} = {ledger['pld_eps']:.2f}")
     print(f"(a) basic composition fits (budget ε={BUDGET_BASIC:g}):   fresh process "
           f"{ledger['basic_cold']['ms']:7.2f} ms, warm {ledger['basic_warm_ms']:6.2f} ms")
-    print(f"(b) PLD decides (budget ε={BUDGET_PLD:g} < basic Σε):   fresh process "
-          f"{ledger['pld_cold']['ms']:7.2f} ms, warm {ledger['pld_warm_ms']:6.2f} ms")
+    print(f"(b) basic exceeded, advanced composition admits (budget ε={BUDGET_PLD:g}): fresh "
+          f"process {ledger['pld_cold']['ms']:7.2f} ms, warm {ledger['pld_warm_ms']:6.2f} ms")
+    print(f"(c) only the PLD accountant admits (budget ε={BUDGET_TIGHT:g}):         fresh "
+          f"process {ledger['tight_cold']['ms']:7.2f} ms, warm {ledger['tight_warm_ms']:6.2f} ms")
     print(f"for comparison, advanced composition from O(1) running sums (Σε², Σε·tanh(ε/2)) "
           f"gives ε = {ledger['advanced_eps']:.2f} at δ={BUDGET_DELTA:g}")
     print(f"budget report after each query (Ledger.spent: PLD catch-up + ε(δ) of both scopes): "
@@ -1156,8 +1164,10 @@ def run(args: argparse.Namespace) -> int:
                       medv >= GOAL_SAMPLES_PER_S))
     for label, ms in (("(a) basic, fresh process", ledger["basic_cold"]["ms"]),
                       ("(a) basic, warm", ledger["basic_warm_ms"]),
-                      ("(b) PLD, fresh process", ledger["pld_cold"]["ms"]),
-                      ("(b) PLD, warm", ledger["pld_warm_ms"])):
+                      ("(b) advanced, fresh process", ledger["pld_cold"]["ms"]),
+                      ("(b) advanced, warm", ledger["pld_warm_ms"]),
+                      ("(c) PLD, fresh process", ledger["tight_cold"]["ms"]),
+                      ("(c) PLD, warm", ledger["tight_warm_ms"])):
         lines.append((f"budget check {label} with 10,000 entries: {ms:.2f} ms < 5 ms",
                       ms < GOAL_BUDGET_MS))
     for a in acc:
