@@ -18,7 +18,7 @@ import threading
 import uuid
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from sqlglot import exp
@@ -41,6 +41,9 @@ from gateway.sql.parse import parse
 from gateway.sql.plan import Plan
 from gateway.sql.rewrite import rewrite
 from gateway.sql.validate import validate
+
+if TYPE_CHECKING:
+    from gateway.training.model import TrainedModel
 
 log = logging.getLogger(__name__)
 
@@ -392,8 +395,7 @@ class Gateway:
                 "tables": tables}
 
     # -- training (DP-SGD) --------------------------------------------------------------
-    # Thin delegation to gateway/training (DESIGN §1.2-1.3); kept self-contained.
-    from gateway.training.model import TrainedModel
+    # Thin delegation to gateway/training (DESIGN §1.2-1.3).
 
     def _training(self) -> Any:
         from gateway.training.service import service_for
