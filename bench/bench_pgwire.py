@@ -42,16 +42,12 @@ import psycopg
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench._stats import pct  # noqa: E402
 from tests.api.live import LiveServer, add_analysts, free_port, write_policy  # noqa: E402
 
 CACHED_SQL = "SELECT COUNT(*) AS n FROM visits WHERE age > 41"
 UNCACHED_SQL = "SELECT COUNT(*) AS n FROM visits WHERE age > {a} AND duration_s > {b}"
 EPSILON = 0.01
-
-
-def pct(xs: list[float], q: float) -> float:
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, round(q * (len(xs) - 1)))]
 
 
 def summary(lat: list[float], wall: float) -> dict[str, float]:

@@ -158,13 +158,8 @@ def _run(args: argparse.Namespace) -> int:
         return run_demo(args.policy, args.state)
     with Gateway.open(args.policy, args.state) as gw:
         if args.command == "query":
-            r = gw.query(args.sql, analyst=args.analyst, epsilon=args.epsilon, delta=args.delta,
-                         mechanism=args.mechanism)
-            if args.json:
-                print(json.dumps(r.to_dict(), indent=2))
-            else:
-                print(format_table([c.name for c in r.columns], r.rows))
-                print(describe_release(r.to_dict()), file=sys.stderr)
+            _print_result(gw.query(args.sql, analyst=args.analyst, epsilon=args.epsilon,
+                                   delta=args.delta, mechanism=args.mechanism), args.json)
         elif args.command == "explain":
             ex = gw.explain(args.sql, epsilon=args.epsilon, delta=args.delta,
                             mechanism=args.mechanism)
@@ -196,13 +191,8 @@ def _run_remote(args: argparse.Namespace) -> int:
     try:
         with client.connect(args.url, api_key=args.key) as conn:
             if args.command == "query":
-                r = conn.query(args.sql, epsilon=args.epsilon, delta=args.delta,
-                               mechanism=args.mechanism)
-                if args.json:
-                    print(json.dumps(r.to_dict(), indent=2))
-                else:
-                    print(format_table([c.name for c in r.columns], r.rows))
-                    print(describe_release(r.to_dict()), file=sys.stderr)
+                _print_result(conn.query(args.sql, epsilon=args.epsilon, delta=args.delta,
+                                         mechanism=args.mechanism), args.json)
             elif args.command == "explain":
                 print(json.dumps(conn.explain(args.sql, epsilon=args.epsilon, delta=args.delta,
                                               mechanism=args.mechanism), indent=2))
@@ -228,6 +218,16 @@ def _run_remote(args: argparse.Namespace) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     return 0
+
+
+def _print_result(r: Any, as_json: bool) -> None:
+    """A released result (in-process or from the client): the table on stdout, what it
+    cost and how accurate it is on stderr."""
+    if as_json:
+        print(json.dumps(r.to_dict(), indent=2))
+        return
+    print(format_table([c.name for c in r.columns], r.rows))
+    print(describe_release(r.to_dict()), file=sys.stderr)
 
 
 def describe_release(result: dict[str, Any]) -> str:

@@ -68,15 +68,8 @@ class _Analyzer:
         wrapped = self._post_processing_wrapper(tree)
         if wrapped is not None:
             return wrapped
-        ctes: dict[str, Relation] = {}
+        ctes = self.ctes(tree)
         with_ = tree.args.get("with_")
-        if with_ is not None:
-            if with_.args.get("recursive"):
-                raise QueryRejected("recursive CTEs are not supported", hint="remove RECURSIVE",
-                                    rule="syntax", span=span_of(with_, self.sql))
-            for cte in with_.expressions:
-                ctes[cte.alias_or_name.lower()] = self._derived(cte.this, ctes,
-                                                                cte.alias_or_name.lower())
         if tree.args.get("from_") is None:
             raise QueryRejected("the query has no FROM clause",
                                 hint="aggregate over a table, e.g. SELECT COUNT(*) FROM visits",
@@ -190,6 +183,19 @@ class _Analyzer:
             ):
                 return True
         return False
+
+    def ctes(self, tree: exp.Select) -> dict[str, Relation]:
+        """The relations the WITH clause defines, in order (each may use the earlier)."""
+        ctes: dict[str, Relation] = {}
+        with_ = tree.args.get("with_")
+        if with_ is not None:
+            if with_.args.get("recursive"):
+                raise QueryRejected("recursive CTEs are not supported", hint="remove RECURSIVE",
+                                    rule="syntax", span=span_of(with_, self.sql))
+            for cte in with_.expressions:
+                name = cte.alias_or_name.lower()
+                ctes[name] = self._derived(cte.this, ctes, name)
+        return ctes
 
     def _public_plan(self, tree: exp.Select, scope: Scope) -> Plan:
         """Only public tables are read: no privacy is needed, the query runs as written."""

@@ -33,7 +33,7 @@ from gateway.errors import QueryRejected
 from gateway.sql.analyze import Context, _Analyzer
 from gateway.sql.bounds import ValueBuilder
 from gateway.sql.parse import parse
-from gateway.sql.scope import ColInfo, Relation, Scope
+from gateway.sql.scope import ColInfo, Scope
 from gateway.sql.typecheck import check_mismatches
 from gateway.sql.validate import span_of, validate
 
@@ -128,15 +128,7 @@ class _Selector:
             raise QueryRejected("the training query has no FROM clause",
                                 hint="select features from a table, e.g. SELECT age, converted "
                                 "FROM visits", rule="syntax")
-        ctes: dict[str, Relation] = {}
-        with_ = tree.args.get("with_")
-        if with_ is not None:
-            if with_.args.get("recursive"):
-                raise QueryRejected("recursive CTEs are not supported", hint="remove RECURSIVE",
-                                    rule="syntax", span=span_of(with_, self.sql))
-            for cte in with_.expressions:
-                name = cte.alias_or_name.lower()
-                ctes[name] = self.analyzer._derived(cte.this, ctes, name)
+        ctes = self.analyzer.ctes(tree)
         scope = self.analyzer._from_scope(tree, ctes)
         if not scope.protected:
             raise QueryRejected(
