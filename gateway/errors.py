@@ -17,7 +17,8 @@ never contain a value read from private data or a backend's own message.
     ├── Forbidden          authenticated but not allowed (e.g. not admin)
     ├── NotFound           unknown model, analyst, ...
     ├── BackendError       the engine failed or is down
-    └── LedgerUnavailable  the ledger cannot be written: fail closed
+    ├── LedgerUnavailable  the ledger cannot be written: fail closed
+    └── InternalError      a safety check inside the gateway failed: a bug, logged
 """
 
 from __future__ import annotations
@@ -148,6 +149,17 @@ class LedgerUnavailable(GatewayError):
     sqlstate = "53000"
 
 
+class InternalError(GatewayError):
+    """A safety invariant did not hold (a row-level expression not proven total, a read
+    of protected rows without a committed charge).  Nothing was released; the
+    operator's log has the details.  Always a bug in the gateway."""
+
+    code = "internal_error"
+    title = "Internal error"
+    http_status = 500
+    sqlstate = "XX000"
+
+
 ERROR_CLASSES: tuple[type[GatewayError], ...] = (
     GatewayError,
     PolicyError,
@@ -159,4 +171,5 @@ ERROR_CLASSES: tuple[type[GatewayError], ...] = (
     NotFound,
     BackendError,
     LedgerUnavailable,
+    InternalError,
 )

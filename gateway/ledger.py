@@ -98,10 +98,19 @@ class AuditLine:
 
 @dataclass(frozen=True)
 class Reservation:
-    """Outcome of reserve(): charged, or an answer someone already paid for."""
+    """Outcome of reserve(): charged, or an answer someone already paid for.
+
+    A charged reservation is the ReadPermit the executor requires before it reads
+    protected rows (:mod:`gateway.engine.base`)."""
 
     charged: bool
     cached_result: str | None = None
+    query_id: str = ""
+    charge_id: int | None = None
+
+    @property
+    def committed(self) -> bool:
+        return self.charged and self.charge_id is not None
 
 
 class _Scope:
@@ -280,19 +289,20 @@ class Ledger(StateDB):
                 if row is not None:
                     status, result, created, owner = row
                     if status == "done":
-                        return Reservation(False, result)
+                        return Reservation(False, result, query_id)
                     if time.time() - created < PENDING_STALE_S and alive(owner):
                         return None  # someone is computing it: wait, do not pay twice
                     # Its owner died after paying: the budget is lost, the answer is not
                     # released; compute (and pay for) it afresh.
                     con.execute("DELETE FROM answers WHERE key = ?", (answer_key,))
             self._check_affordable(con, analyst, cost)
-            con.execute(
+            cur = con.execute(
                 "INSERT INTO charges (dataset, analyst, query_id, kind, sql, epsilon, delta, "
                 "events, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (self.dataset, analyst.name, query_id, kind, sql, repr(float(cost.epsilon)),
                  repr(float(cost.delta)), json.dumps([e.to_dict() for e in cost.events]),
                  time.time()))
+            charge_id = cur.lastrowid
             for scope in (a_scope, d_scope):
                 m = self._moments(con, scope)
                 for e in cost.events:
@@ -307,7 +317,7 @@ class Ledger(StateDB):
                 con.execute("INSERT INTO answers (key, dataset, status, result, created, owner)"
                             " VALUES (?, ?, 'pending', NULL, ?, ?)",
                             (answer_key, self.dataset, time.time(), OWNER))
-        return Reservation(True)
+        return Reservation(True, None, query_id, charge_id)
 
     def _check_affordable(self, con: sqlite3.Connection, analyst: Analyst, cost: Cost) -> None:
         a_scope, d_scope = self._scope_names(analyst.name)
@@ -318,11 +328,40 @@ class Ledger(StateDB):
             raise self._exceeded(con, d_scope, self.dataset_budget, cost,
                                  f"dataset {self.dataset!r}")
 
-    def preflight(self, analyst: Analyst, cost: Cost) -> None:
-        """Raise BudgetExceeded if ``cost`` would not fit now; charges nothing.  For work
-        charged in several steps (training), so a refused step costs nothing earlier."""
+    def settle(self, reservation: Reservation, final: Cost) -> None:
+        """Replace a committed charge by the exact cost of what was released, once it is
+        known (a training run solves its noise from a DP count read under the charge).
+
+        ``final`` may never exceed what was reserved, in ε or δ, so admission decided on
+        the reservation stays valid; the events become the tighter exact ones.
+        """
+        if not reservation.committed:
+            raise InvalidRequest("only a committed charge can be settled")
         with self._write() as con:
-            self._check_affordable(con, analyst, cost)
+            row = con.execute("SELECT analyst, epsilon, delta FROM charges WHERE id = ?",
+                              (reservation.charge_id,)).fetchone()
+            if row is None:
+                raise NotFound(f"no charge {reservation.charge_id}")
+            analyst, old_eps, old_delta = row[0], Decimal(row[1]), Decimal(row[2])
+            new_eps, new_delta = dec(final.epsilon), dec(final.delta)
+            if new_eps > old_eps or new_delta > old_delta:
+                raise InvalidRequest("a settled charge may not exceed its reservation")
+            con.execute("UPDATE charges SET epsilon = ?, delta = ?, events = ? WHERE id = ?",
+                        (repr(float(final.epsilon)), repr(float(final.delta)),
+                         json.dumps([e.to_dict() for e in final.events]),
+                         reservation.charge_id))
+            for scope in self._scope_names(analyst):
+                eps, delta, n = self._totals(con, scope)
+                con.execute("UPDATE totals SET epsilon = ?, delta = ? WHERE scope = ?",
+                            (str(eps - old_eps + new_eps), str(delta - old_delta + new_delta),
+                             scope))
+            self._rebuild_moments(con)
+        self._spent_memo.clear()
+        with self._scope_lock:
+            # In-memory accountants saw the reserved events; rebuild them.  (Another
+            # process's copy keeps the reserved, looser events: conservative.)
+            for scope in self._scope_names(analyst):
+                self._scopes.pop(scope, None)
 
     def _exceeded(self, con: sqlite3.Connection, scope: str, budget: tuple[float, float],
                   cost: Cost, who: str) -> BudgetExceeded:

@@ -1,11 +1,20 @@
-"""Pass 6: from the engine's exact bounded sums to the noisy result table.
+"""Pass 6: from the engine's exact bounded sums to the noisy statistics, and from
+those to the aggregates.
 
 Groups are first fixed without looking at values: every key of a public domain
 (empty ones included), or the keys DP partition selection keeps.  Then every
-statistic gets integer noise on its grid, and the aggregates are computed from
-the noisy statistics only (AVG = mid + noisy Σ(v − mid) / noisy count, ...).
-Clamping a noisy COUNT at 0 or an AVG into the column's bounds is
-post-processing: it only moves answers towards the truth's possible range.
+statistic gets integer noise on its grid (:func:`perturb`).  That is the
+release: the answer cache stores exactly these noisy statistics.  The
+aggregates are computed from them per request (:func:`finish`: AVG = mid +
+noisy Σ(v − mid) / noisy count, ...), so two aggregates over the same statistics
+(VAR and STDDEV, say) are each computed from the one release, never served in
+each other's place.  Clamping a noisy COUNT at 0 or an AVG into the column's
+bounds is post-processing: it only moves answers towards the truth's possible
+range.
+
+A plan whose statistics are all exact (sensitivity 0, hence identically 0 on
+every dataset) and whose keys all have public domains releases nothing that
+depends on data: :func:`from_domains` answers it without the engine.
 """
 
 from __future__ import annotations
@@ -27,8 +36,16 @@ from gateway.sql.plan import AggSpec, Plan
 
 
 @dataclass(frozen=True)
+class NoisyStats:
+    """The release: group keys and noisy statistics (value units), nothing exact."""
+
+    keys: list[tuple[Any, ...]]
+    stats: dict[str, np.ndarray]  # statistic name -> noisy value per group
+
+
+@dataclass(frozen=True)
 class NoisyTable:
-    """The released statistics: group keys and aggregate values, nothing exact."""
+    """Aggregates computed from a release (post-processing)."""
 
     key_names: tuple[str, ...]
     agg_names: tuple[str, ...]
@@ -37,7 +54,26 @@ class NoisyTable:
     ci95: dict[str, np.ndarray]  # aggregate name -> 95% half-width per group
 
 
-def perturb(plan: Plan, cal: Calibration, result: ResultSet, rng: RandomSource) -> NoisyTable:
+def from_domains(plan: Plan) -> NoisyStats:
+    """The answer of a plan that releases no noisy statistic: every key of the public
+    domains, every (exact) statistic 0.  No data is read."""
+    assert not plan.partition_selection
+    groups: list[tuple[Any, ...]] = list(itertools.product(*[k.domain or () for k in
+                                                              plan.keys])) if plan.keys else [()]
+    return NoisyStats(groups, {s.name: np.zeros(len(groups)) for s in plan.stats})
+
+
+def finish(plan: Plan, cal: Calibration, release: NoisyStats) -> NoisyTable:
+    """The aggregates the plan asks for, from the noisy statistics only."""
+    values: dict[str, np.ndarray] = {}
+    ci: dict[str, np.ndarray] = {}
+    for agg in plan.aggs:
+        values[agg.name], ci[agg.name] = _aggregate(agg, release.stats, cal.stats)
+    return NoisyTable(tuple(k.name for k in plan.keys), tuple(a.name for a in plan.aggs),
+                      release.keys, values, ci)
+
+
+def perturb(plan: Plan, cal: Calibration, result: ResultSet, rng: RandomSource) -> NoisyStats:
     columns = {n: c for n, c in zip(result.names, result.columns, strict=True)}
     n_rows = result.num_rows
     key_cols = [_python_values(columns[k.name]) for k in plan.keys]
@@ -70,12 +106,7 @@ def perturb(plan: Plan, cal: Calibration, result: ResultSet, rng: RandomSource) 
         true[present] = stat_arrays[s.name][idx[present]] if n_rows else 0.0
         exact_units[s.name] = true
     noisy = {s.name: _add_noise(exact_units[s.name], cal.stats[s.name], rng) for s in plan.stats}
-    values: dict[str, np.ndarray] = {}
-    ci: dict[str, np.ndarray] = {}
-    for agg in plan.aggs:
-        values[agg.name], ci[agg.name] = _aggregate(agg, noisy, cal.stats)
-    return NoisyTable(tuple(k.name for k in plan.keys), tuple(a.name for a in plan.aggs),
-                      groups, values, ci)
+    return NoisyStats(groups, noisy)
 
 
 def _python_values(col: Sequence[Any]) -> list[Any]:

@@ -57,6 +57,10 @@ class ColumnSpec(_Strict):
     public_values_from: str | None = Field(
         default=None, description="`table.column` of a public table whose values are public"
     )
+    key: bool = Field(
+        default=False, description="public tables: the column is unique (checked at load), so "
+        "protected tables may join on it; unique columns are also found at load without it"
+    )
 
     @model_validator(mode="after")
     def _check(self) -> ColumnSpec:
@@ -159,6 +163,11 @@ class TableSpec(_Strict):
             if self.privacy_unit is not None:
                 raise ValueError("a public table has no privacy_unit; remove one of the two")
             return self
+        keyed = [n for n, c in self.columns.items() if c.key]
+        if keyed:
+            raise ValueError(
+                f"column {keyed[0]!r}: `key: true` is for columns of public tables (what a "
+                "protected table may join on); remove it")
         if not self.columns:
             raise ValueError(
                 "a protected table must declare its columns (type, bounds, roles); "
@@ -192,12 +201,6 @@ class TableSpec(_Strict):
     @property
     def is_row_level(self) -> bool:
         return not self.public and self.privacy_unit is None
-
-    def column_role(self, name: str) -> str | None:
-        if name == self.privacy_unit:
-            return "privacy_unit"
-        spec = self.columns.get(name)
-        return spec.role if spec else None
 
 
 class Budget(_Strict):

@@ -56,13 +56,19 @@ class LRU(Generic[K, V]):
 class Prepared:
     """A planned, calibrated and rewritten query, ready to charge and run."""
 
+    key: tuple[str, str, float, float, str]  # (dialect, sql, ε, δ, mechanism)
     plan: Plan
     cal: Calibration | None  # None for queries over public tables only
     tree: exp.Expr | None
     sql: str  # the engine SQL (rewritten, or the public query)
     answer_key: str | None
-    placeholders: int
-    post_sql: str = ""  # the post-processing query, part of a released result's key
+    salted: bool  # the engine SQL takes the keyed hash's secret salt ($salt)
+
+    @property
+    def from_domains(self) -> bool:
+        """Nothing noisy is released (no charge): answered from public domains alone,
+        without reading a protected row (DESIGN §2, side channels)."""
+        return self.cal is not None and not self.cal.events
 
 
 def answer_key(policy_version: str, rewritten: str, cal: Calibration) -> str:

@@ -1,8 +1,9 @@
 """What the gateway hands back: released results, explanations, budgets.
 
-Also the codec that stores a noisy table as the answer to a repeated query:
-the same query at the same ε returns exactly the same noisy statistics, so
-averaging repeats gains an attacker nothing (DESIGN §2, Repeats).
+Also the codec that stores a release (the noisy statistics) as the answer to a
+repeated query: the same query at the same ε returns exactly the same noisy
+statistics, so averaging repeats gains an attacker nothing (DESIGN §2, Repeats);
+the aggregates are recomputed from them for each request.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from gateway.perturb import NoisyTable
+from gateway.perturb import NoisyStats
 from gateway.postprocess import Column
 
 
@@ -118,21 +119,16 @@ def _untag(v: Any) -> Any:
     return v
 
 
-def encode_table(table: NoisyTable) -> str:
+def encode_release(release: NoisyStats) -> str:
     return json.dumps({
-        "key_names": list(table.key_names),
-        "agg_names": list(table.agg_names),
-        "keys": [[_tag(v) for v in k] for k in table.keys],
-        "values": {n: [float(x) for x in a] for n, a in table.values.items()},
-        "ci95": {n: [float(x) for x in a] for n, a in table.ci95.items()},
+        "keys": [[_tag(v) for v in k] for k in release.keys],
+        "stats": {n: [float(x) for x in a] for n, a in release.stats.items()},
     })
 
 
-def decode_table(text: str) -> NoisyTable:
+def decode_release(text: str) -> NoisyStats:
     d = json.loads(text)
-    return NoisyTable(
-        tuple(d["key_names"]), tuple(d["agg_names"]),
+    return NoisyStats(
         [tuple(_untag(v) for v in k) for k in d["keys"]],
-        {n: np.asarray(a, dtype=np.float64) for n, a in d["values"].items()},
-        {n: np.asarray(a, dtype=np.float64) for n, a in d["ci95"].items()},
+        {n: np.asarray(a, dtype=np.float64) for n, a in d["stats"].items()},
     )

@@ -6,7 +6,10 @@ A query goes through small passes, in this order:
           -> execute -> perturb -> store answer -> post-process -> release
 
 Nothing computed from data exists before the charge is committed, and the
-charge depends only on the SQL, the policy and the requested ε/δ.
+charge depends only on the SQL, the policy and the requested ε/δ.  The
+executor enforces it: it reads protected rows only with the reservation the
+ledger returns for a committed charge.  A query that releases no noisy
+statistic costs nothing and is answered from public domains, without the engine.
 """
 
 from __future__ import annotations
@@ -28,17 +31,24 @@ from gateway.calibrate import Calibration, calibrate, check_budget_request
 from gateway.engine import SourceTable, open_executor
 from gateway.errors import AuthError, GatewayError, InvalidRequest
 from gateway.ledger import Analyst, AuditLine, Cost, Ledger
-from gateway.perturb import perturb
+from gateway.perturb import finish, from_domains, perturb
 from gateway.policy import Policy, load_policy
 from gateway.postprocess import PostProcessor, select_targets
 from gateway.prepared import LRU, Prepared, answer_key
 from gateway.privacy.partition_selection import threshold_summary
 from gateway.privacy.random import RandomSource, SecureRandom
-from gateway.results import Accuracy, Explanation, QueryResult, decode_table, encode_table
+from gateway.results import (
+    Accuracy,
+    Explanation,
+    QueryResult,
+    decode_release,
+    encode_release,
+)
 from gateway.sql.analyze import ROW_ID, Context, analyze
 from gateway.sql.domains import DomainFinder
 from gateway.sql.parse import parse
 from gateway.sql.plan import Plan
+from gateway.sql.relations import SALT
 from gateway.sql.rewrite import rewrite
 from gateway.sql.validate import validate
 
@@ -67,19 +77,21 @@ class Gateway:
         self.executor = open_executor(policy, sources)
         self.domains = DomainFinder(self.executor.distinct_values, model.limits.max_groups)
         self._check_public_refs()
+        self._check_declared_keys()
         self.post = PostProcessor()
         self.ledger = Ledger(state, policy.dataset,
                              (model.budget.dataset.epsilon, model.budget.dataset.delta),
                              (model.budget.per_analyst.epsilon, model.budget.per_analyst.delta))
-        self._context = Context(policy, self.executor.table_columns, self.domains,
+        self._context = Context(policy, self.executor.table_columns,
+                                self.executor.unique_columns, self.domains,
                                 self.executor.is_nan, self.executor.guard)
         self._tables = {name.lower() for name in model.tables}
         self._plans: LRU[tuple[str, str], Plan] = LRU(1024)
         self._prepared: LRU[tuple[str, str, float, float, str], Prepared] = LRU(1024)
-        self._rewrites: LRU[tuple[str, str, tuple[Any, ...]], tuple[exp.Expr, str, int]] = \
+        self._rewrites: LRU[tuple[str, str, tuple[Any, ...]], tuple[exp.Expr, str, bool]] = \
             LRU(1024)
         self._answers: LRU[str, str] = LRU(256)
-        self._released: LRU[tuple[str, str], tuple[Any, Any, Any]] = LRU(256)
+        self._released: LRU[tuple[str, str, float, float, str], tuple[Any, Any, Any]] = LRU(256)
         self._closed = threading.Event()
 
     @classmethod
@@ -101,6 +113,20 @@ class Gateway:
                     raise self.policy.error(
                         f"tables.{tname}.columns.{cname}.public_values_from",
                         f"public table {other!r} has no column {ocol!r}; fix the reference")
+
+    def _check_declared_keys(self) -> None:
+        """A public column declared ``key: true`` must be unique: protected tables may join
+        on it, and a duplicate would let one protected row meet several public rows."""
+        for tname, table in self.policy.tables.items():
+            if not table.public:
+                continue
+            unique = {c.lower() for c in self.executor.unique_columns(tname)}
+            for cname, col in table.columns.items():
+                if col.key and cname.lower() not in unique:
+                    raise self.policy.error(
+                        f"tables.{tname}.columns.{cname}.key",
+                        f"column {cname!r} of the public table {tname!r} has duplicate values,"
+                        f" so it is not a key; remove `key: true` or deduplicate the table")
 
     def close(self) -> None:
         if self._closed.is_set():
@@ -177,28 +203,28 @@ class Gateway:
         plan = self._plans.get_or((dialect, sql), lambda: self.plan(sql, dialect=dialect))
         if plan.public_query is not None:
             text = plan.public_query.sql(dialect=self.executor.dialect)
-            return self._prepared.put(key, Prepared(plan, None, plan.public_query, text, None, 0))
+            return self._prepared.put(key, Prepared(key, plan, None, plan.public_query, text,
+                                                    None, False))
         cal = calibrate(plan, epsilon, delta, mechanism)
         # The rewrite depends on ε only through the grids (powers of two), so nearby
         # epsilons share it.
         grids = tuple(sorted((n, g.step, g.integral) for n, g in cal.grids.items()))
-        tree, rewritten, placeholders = self._rewrites.get_or(
+        tree, rewritten, salted = self._rewrites.get_or(
             (dialect, sql, grids), lambda: self._rewrite(plan, cal))
-        prep = Prepared(plan, cal, tree, rewritten,
-                        answer_key(self.policy.version, rewritten, cal), placeholders,
-                        plan.post.sql(dialect="duckdb"))
+        prep = Prepared(key, plan, cal, tree, rewritten,
+                        answer_key(self.policy.version, rewritten, cal), salted)
         return self._prepared.put(key, prep)
 
-    def _rewrite(self, plan: Plan, cal: Calibration) -> tuple[exp.Expr, str, int]:
+    def _rewrite(self, plan: Plan, cal: Calibration) -> tuple[exp.Expr, str, bool]:
         tree = rewrite(plan, cal.grids, self.executor)
         rewritten = tree.sql(dialect=self.executor.dialect)
-        placeholders = sum(1 for _ in tree.find_all(exp.Placeholder))
-        self.executor.check(tree, [0] * placeholders, sql=rewritten)
-        return tree, rewritten, placeholders
+        salted = any(p.name == SALT for p in tree.find_all(exp.Placeholder))
+        self.executor.check(tree, sql=rewritten)
+        return tree, rewritten, salted
 
     def _public(self, prep: Prepared, query_id: str, who: Analyst) -> QueryResult:
         assert prep.tree is not None
-        res = self.executor.execute(prep.tree, (), self.policy.model.limits.query_timeout_s,
+        res = self.executor.execute(prep.tree, timeout_s=self.policy.model.limits.query_timeout_s,
                                     sql=prep.sql)
         columns, rows = self.post.run_public(res.rows(), list(res.names), list(res.types))
         return QueryResult(query_id, columns, rows, 0.0, 0.0, [], False,
@@ -207,43 +233,47 @@ class Gateway:
     def _release(self, prep: Prepared, who: Analyst, query_id: str) -> QueryResult:
         plan, cal = prep.plan, prep.cal
         assert cal is not None and prep.answer_key is not None and prep.tree is not None
-        key = prep.answer_key
-        # An answer already paid for is read without the ledger's write lock.
-        stored = self._answers.get(key) or self.ledger.cached(key)
+        released = self._released.get(prep.key) if prep.from_domains else None
         charged = False
-        if stored is None:
-            cost = Cost(cal.epsilon, cal.delta, cal.events)
-            reservation = self.ledger.reserve(who, query_id, "query", plan.sql, cost, key)
-            charged = reservation.charged
-            stored = reservation.cached_result
-        if charged:
-            try:
-                # A fresh secret salt per execution for the keyed hash that picks
-                # each unit's groups (only present when groups must be chosen).
-                params = [secrets.randbits(62) for _ in range(prep.placeholders)]
-                result = self.executor.execute(prep.tree, params,
-                                               self.policy.model.limits.query_timeout_s,
-                                               sql=prep.sql)
-                table = perturb(plan, cal, result, self._rng)
-                stored = encode_table(table)
-                self.ledger.complete(key, stored, AuditLine(
-                    who.name, "query", plan.sql, cal.epsilon, cal.delta, "ok", None, query_id))
-            except BaseException:
-                self.ledger.abandon(key)
-                raise
-        assert stored is not None
-        self._answers.put(key, stored)
-        post_key = (key, prep.post_sql)
-        released = self._released.get(post_key)
+        if prep.from_domains:
+            stored = None  # nothing noisy to release: no charge, no engine run
+        else:
+            key = prep.answer_key
+            # An answer already paid for is read without the ledger's write lock.
+            stored = self._answers.get(key) or self.ledger.cached(key)
+            if stored is None:
+                cost = Cost(cal.epsilon, cal.delta, cal.events)
+                reservation = self.ledger.reserve(who, query_id, "query", plan.sql, cost, key)
+                charged = reservation.charged
+                stored = reservation.cached_result
+            if charged:
+                try:
+                    # A fresh secret salt per execution for the keyed hashes that pick
+                    # each unit's groups and, before joins of protected tables, rows.
+                    params = {SALT: secrets.randbits(62)} if prep.salted else None
+                    result = self.executor.execute(
+                        prep.tree, permit=reservation, params=params,
+                        timeout_s=self.policy.model.limits.query_timeout_s, sql=prep.sql)
+                    stored = encode_release(perturb(plan, cal, result, self._rng))
+                    self.ledger.complete(key, stored, AuditLine(
+                        who.name, "query", plan.sql, cal.epsilon, cal.delta, "ok", None,
+                        query_id))
+                except BaseException:
+                    self.ledger.abandon(key)
+                    raise
+            assert stored is not None
+            self._answers.put(key, stored)
+            released = self._released.get(prep.key)
         if released is None:
-            table = decode_table(stored)
+            release = from_domains(plan) if stored is None else decode_release(stored)
+            table = finish(plan, cal, release)
             columns, rows = self.post.run(plan, table)
             accuracy = self._accuracy(plan, cal, table, [c.name for c in columns])
-            released = self._released.put(post_key, (columns, rows, accuracy))
+            released = self._released.put(prep.key, (columns, rows, accuracy))
         columns, rows, accuracy = released
         spent = (cal.epsilon, cal.delta) if charged else (0.0, 0.0)
         return QueryResult(query_id, columns, list(rows), spent[0], spent[1], list(accuracy),
-                           not charged, self._remaining(who))
+                           not charged and not prep.from_domains, self._remaining(who))
 
     def _accuracy(self, plan: Plan, cal: Calibration, table: Any | None,
                   names: list[str] | None) -> list[Accuracy]:

@@ -32,3 +32,16 @@ def write_policy(folder: Path, data: dict[str, Any], name: str = "policy.yaml") 
     path = folder / name
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
+
+
+def read_permit(gw: Any, analyst: str = "engine-probe") -> Any:
+    """A real committed charge of a tiny ε: the permit the executor requires to read
+    protected rows, for tests that drive the engine directly."""
+    import uuid
+
+    from gateway.ledger import Cost
+    from gateway.privacy.events import LaplaceEvent
+
+    who = gw.ledger.ensure_analyst(analyst)
+    return gw.ledger.reserve(who, uuid.uuid4().hex, "query", "engine probe in a test",
+                             Cost(1e-3, 0.0, (LaplaceEvent(1e-3),)))

@@ -35,6 +35,7 @@ from hypothesis import strategies as st
 
 from gateway import Gateway
 from gateway.errors import BackendError, GatewayError, QueryRejected
+from tests.support import read_permit
 
 M = 3  # max_rows_per_unit of the adversarial policy
 INT_BOUNDS = (-1000, 1000)
@@ -448,7 +449,8 @@ def test_engine_is_locked_even_around_the_planner(locked: Gateway, sql: str, tmp
     text = sql.format(source=source, folder=tmp_path)
     tree = sqlglot.parse_one(text, dialect="duckdb")
     with pytest.raises(BackendError) as err:
-        locked.executor.execute(tree)
+        # With a committed charge, so the SQL reaches the engine's own lock.
+        locked.executor.execute(tree, permit=read_permit(locked))
     for part in (err.value.message, err.value.hint or "", err.value.detail):
         assert SECRET_FILE_LINE not in part and "/etc" not in part and "Error:" not in part
         assert str(tmp_path) not in part
@@ -468,7 +470,8 @@ def test_engine_is_locked_even_around_the_planner(locked: Gateway, sql: str, tmp
 def test_engine_errors_are_never_shown_verbatim(locked: Gateway, sql: str, secret: str
                                                 ) -> None:
     with pytest.raises(BackendError) as err:
-        locked.executor.execute(sqlglot.parse_one(sql, dialect="duckdb"))
+        locked.executor.execute(sqlglot.parse_one(sql, dialect="duckdb"),
+                                permit=read_permit(locked))
     e = err.value
     for part in (e.message, e.hint or "", e.detail, str(e.to_dict())):
         assert secret not in part

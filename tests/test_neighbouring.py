@@ -33,7 +33,7 @@ from gateway.privacy.partition_selection import select_partitions
 from gateway.privacy.random import SeededRandom
 from gateway.sql.rewrite import rewrite
 from tests.privacy.dp_check import edges_with_tails, privacy_loss_lower_bound
-from tests.support import write_policy
+from tests.support import read_permit, write_policy
 
 DRAWS = 200_000
 ATTACKER = 10_000_000
@@ -98,7 +98,9 @@ def _releases(gw: Gateway, sql: str, epsilon: float, key: Any, *, halve: bool = 
     plan = gw.plan(sql)
     cal = calibrate(plan, epsilon, delta, "laplace")
     tree = rewrite(plan, cal.grids, gw.executor)
-    res = gw.executor.execute(tree, [12345 for _ in tree.find_all(exp.Placeholder)])
+    salted = any(True for _ in tree.find_all(exp.Placeholder))
+    res = gw.executor.execute(tree, permit=read_permit(gw),
+                              params={"salt": 12345} if salted else None)
     cols = dict(zip(res.names, res.columns, strict=True))
     row = 0
     if plan.keys:
@@ -185,7 +187,8 @@ def test_partition_selection(pair: Any) -> None:
         plan = gw.plan("SELECT tag, COUNT(*) FROM t GROUP BY tag")
         cal = calibrate(plan, epsilon, delta, "laplace")
         assert cal.partition is not None
-        res = gw.executor.execute(rewrite(plan, cal.grids, gw.executor), [7])
+        res = gw.executor.execute(rewrite(plan, cal.grids, gw.executor),
+                                  permit=read_permit(gw), params={"salt": 7})
         cols = dict(zip(res.names, res.columns, strict=True))
         units = int(cols["__dp_units"][list(cols[plan.keys[0].name]).index("rare")])
         keep[name] = (units, cal.partition)

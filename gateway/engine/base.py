@@ -1,8 +1,14 @@
-"""The executor seam: what the planner needs from an engine, and nothing more."""
+"""The executor seam: what the planner needs from an engine, and nothing more.
+
+Reading protected rows needs a :class:`ReadPermit`: the proof, returned by the
+ledger's ``reserve()``, that a charge was committed.  The executor refuses any
+tree that reads a protected table without one, so "charge before read" does not
+rest on the order of calls in the service.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -40,16 +46,38 @@ class ResultSet:
         return list(zip(*self.columns, strict=True)) if self.columns else []
 
 
+class ReadPermit(Protocol):
+    """A committed charge (the ledger's reservation): what reading protected rows needs."""
+
+    @property
+    def committed(self) -> bool: ...
+
+    @property
+    def query_id(self) -> str: ...
+
+
 class Executor(Protocol):
     """Runs trees the planner built; knows how to say a few things in its dialect."""
 
     dialect: str
 
     def execute(
-        self, tree: exp.Expr, params: Sequence[Any] = (), timeout_s: float | None = None,
+        self, tree: exp.Expr, *, permit: ReadPermit | None = None,
+        params: Mapping[str, Any] | None = None, timeout_s: float | None = None,
         sql: str | None = None,
     ) -> ResultSet:
-        """Run ``tree`` (already rendered as ``sql`` in this dialect, if given)."""
+        """Run ``tree`` (already rendered as ``sql`` in this dialect, if given).
+
+        Raises InternalError if ``tree`` reads a protected table and ``permit`` is
+        not a committed charge."""
+        ...
+
+    def reads_protected(self, tree: exp.Expr) -> bool:
+        """Does ``tree`` name a protected table anywhere?"""
+        ...
+
+    def unique_columns(self, table: str) -> frozenset[str]:
+        """Columns of a *public* table whose non-NULL values are all distinct (keys)."""
         ...
 
     def table_columns(self, table: str) -> dict[str, str]:
@@ -60,9 +88,9 @@ class Executor(Protocol):
         """Distinct non-NULL values of a *public* table column (None if more than limit)."""
         ...
 
-    def check(self, tree: exp.Expr, params: Sequence[Any] = (), sql: str | None = None
-              ) -> None:
-        """Plan without executing; raise QueryRejected for errors that need no data."""
+    def check(self, tree: exp.Expr, sql: str | None = None) -> None:
+        """Bind and plan ``tree`` against an empty copy of the schema (so the outcome
+        cannot depend on data); raise QueryRejected for what fails there."""
         ...
 
     def keyed_hash(self, args: list[exp.Expr], salt: exp.Expr) -> exp.Expr:

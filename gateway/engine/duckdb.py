@@ -5,21 +5,26 @@ columns, cast to canonical types), and only then is the connection locked down:
 external access off, extension loading off, configuration locked.  So nothing a
 query says can read a file, reach the network or change a setting, and queries
 run on a private copy that no one else can modify under them.
+
+Two more connections hold no private data: a *shadow* with the same tables,
+empty, where queries are bound and planned before anything is charged (so a
+planning error cannot depend on the data), and nothing else.  A tree that names
+a protected table runs only with a committed charge (a ReadPermit).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import duckdb
 from sqlglot import exp
 
-from gateway.engine.base import ResultSet, SourceTable
-from gateway.errors import BackendError, PolicyError, QueryRejected
+from gateway.engine.base import ReadPermit, ResultSet, SourceTable
+from gateway.errors import BackendError, InternalError, PolicyError, QueryRejected
 
 log = logging.getLogger(__name__)
 
@@ -97,12 +102,21 @@ class DuckDBExecutor:
             self._load(table, base, database is not None)
         if database is not None:
             self._con.execute("DETACH src")
+        self._protected = frozenset(t.name.lower() for t in tables if t.columns is not None)
+        self._shadow = duckdb.connect(":memory:", config={
+            "autoload_known_extensions": False, "autoinstall_known_extensions": False,
+            "threads": 1, "memory_limit": "256MB"})
+        for name, types in self._types.items():
+            cols = ", ".join(f"{_quote_ident(c)} {CANONICAL[t]}" for c, t in types.items())
+            self._shadow.execute(f"CREATE TABLE {_quote_ident(name)} ({cols})")
         # Lock down only after every source is loaded: from here on no statement
         # can read or write a file, load an extension or change a setting.
-        self._con.execute("SET enable_external_access = false")
-        self._con.execute("SET lock_configuration = true")
+        for con in (self._con, self._shadow):
+            con.execute("SET enable_external_access = false")
+            con.execute("SET lock_configuration = true")
         self._lock = threading.Lock()
         self._checked: set[str] = set()
+        self._keys: dict[str, frozenset[str]] = {}
 
     # -- loading ---------------------------------------------------------------
 
@@ -187,7 +201,34 @@ class DuckDBExecutor:
     def table_columns(self, table: str) -> dict[str, str]:
         return dict(self._types[table])
 
+    def reads_protected(self, tree: exp.Expr) -> bool:
+        return any(t.name.lower() in self._protected for t in tree.find_all(exp.Table))
+
+    def _public_only(self, table: str) -> None:
+        if table.lower() in self._protected or table not in self._types:
+            raise InternalError(f"metadata of {table!r} was asked for, but only public tables "
+                                "are read without a charge")
+
+    def unique_columns(self, table: str) -> frozenset[str]:
+        self._public_only(table)
+        found = self._keys.get(table)
+        if found is None:
+            cols = list(self._types[table])
+            if not cols:
+                return frozenset()
+            counts = ", ".join(f"COUNT(DISTINCT {_quote_ident(c)}) = COUNT({_quote_ident(c)})"
+                               for c in cols)
+            cur = self._con.cursor()
+            try:
+                (row,) = cur.execute(f"SELECT {counts} FROM {_quote_ident(table)}").fetchall()
+            finally:
+                cur.close()
+            found = frozenset(c for c, unique in zip(cols, row, strict=True) if unique)
+            self._keys[table] = found
+        return found
+
     def distinct_values(self, table: str, column: str, limit: int) -> list[Any] | None:
+        self._public_only(table)
         sql = (
             f"SELECT DISTINCT {_quote_ident(column)} FROM {_quote_ident(table)} "
             f"WHERE {_quote_ident(column)} IS NOT NULL ORDER BY 1 LIMIT {int(limit) + 1}"
@@ -200,10 +241,22 @@ class DuckDBExecutor:
         return None if len(values) > limit else values
 
     def execute(
-        self, tree: exp.Expr, params: Sequence[Any] = (), timeout_s: float | None = None,
+        self, tree: exp.Expr, *, permit: ReadPermit | None = None,
+        params: Mapping[str, Any] | None = None, timeout_s: float | None = None,
         sql: str | None = None,
     ) -> ResultSet:
+        if self.reads_protected(tree) and (permit is None or not permit.committed):
+            # Structural: a planner or service bug cannot read private rows unpaid.
+            log.error("refused to read protected rows without a committed charge")
+            raise InternalError("the query reads protected data but no charge was committed "
+                                "for it; nothing was read")
         sql = sql if sql is not None else tree.sql(dialect="duckdb")
+        query_id = permit.query_id if permit is not None else None
+        return self._run(sql, dict(params or {}), timeout_s, query_id)
+
+    def _run(self, sql: str, params: dict[str, Any], timeout_s: float | None,
+             query_id: str | None) -> ResultSet:
+        """The one place SQL reaches the private data."""
         cur = self._con.cursor()
         timer = None
         if timeout_s is not None:
@@ -211,7 +264,7 @@ class DuckDBExecutor:
             timer.daemon = True
             timer.start()
         try:
-            res = cur.execute(sql, list(params))
+            res = cur.execute(sql, params) if params else cur.execute(sql)
             desc = res.description or []
             data = res.fetchnumpy()
         except duckdb.InterruptException:
@@ -221,12 +274,15 @@ class DuckDBExecutor:
                 "limits.query_timeout_s",
             ) from None
         except duckdb.Error as e:
-            # The engine's own message may quote data values: log it for the
-            # operator, tell the analyst only that it failed.
-            log.error("engine error on planned query: %s: %s", type(e).__name__, e)
+            # A planned query was proven unable to fail on data: this is a bug.  The
+            # engine's own message may quote data values: it goes to the operator's
+            # log with the query id, never to the analyst.
+            log.error("engine error on planned query %s: %s: %s", query_id or "-",
+                      type(e).__name__, e)
             raise BackendError(
                 "the query engine failed to run the planned query; this is a bug in the "
-                "gateway if it repeats"
+                "gateway and was logged for the operator"
+                + (f" (query {query_id})" if query_id else "")
             ) from None
         finally:
             if timer is not None:
@@ -236,18 +292,20 @@ class DuckDBExecutor:
         types = tuple(str(d[1]) for d in desc)
         return ResultSet(names, types, tuple(data[n] for n in names))
 
-    def check(self, tree: exp.Expr, params: Sequence[Any] = (), sql: str | None = None
-              ) -> None:
-        """Plan the query without running it, so that errors which do not depend on
-        data (a constant that does not convert, a type mismatch the planner could not
-        see) are reported before any budget is charged.  The answer depends on the
-        text alone, so it is remembered."""
+    def check(self, tree: exp.Expr, sql: str | None = None) -> None:
+        """Bind and plan the query on the shadow database (same tables, no rows), so that
+        errors which do not depend on data (a constant that does not convert, a function
+        given the wrong types) are reported before any budget is charged, and so that
+        the outcome cannot depend on data.  Remembered per text."""
         sql = sql if sql is not None else tree.sql(dialect="duckdb")
         if sql in self._checked:
             return
-        cur = self._con.cursor()
+        params = {"salt": 0} if any(p.name == "salt" for p in tree.find_all(exp.Placeholder)) \
+            else {}
+        with self._lock:
+            cur = self._shadow.cursor()
         try:
-            cur.execute("EXPLAIN " + sql, list(params))
+            cur.execute("EXPLAIN " + sql, params) if params else cur.execute("EXPLAIN " + sql)
         except duckdb.ConversionException:
             raise QueryRejected(
                 "a constant in the query cannot be converted to the type it is compared with",
@@ -278,6 +336,7 @@ class DuckDBExecutor:
     def close(self) -> None:
         with self._lock:
             self._con.close()
+            self._shadow.close()
 
 
 def _quote_ident(name: str) -> str:

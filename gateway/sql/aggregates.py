@@ -55,7 +55,8 @@ class AggregateBuilder:
     def _build(self, node: exp.Expr, key: str) -> AggSpec:
         agg, cond = node, None
         if isinstance(node, exp.Filter):
-            agg, cond = node.this, node.expression.this
+            agg = node.this
+            cond = self.values.typer.condition(node.expression.this.copy(), "a FILTER condition")
         name = f"__dp_a{len(self._aggs)}"
         label = node.sql(dialect="duckdb")
         if isinstance(agg, exp.Count):
@@ -96,8 +97,9 @@ class AggregateBuilder:
         if arg is None or isinstance(arg, exp.Star):
             indicator: exp.Expr = exp.Literal.number(1)
         else:
+            value = self.values.typer.engine(arg.copy())
             indicator = exp.Case(ifs=[exp.If(this=exp.Not(this=exp.Is(
-                this=arg.copy(), expression=exp.Null())), true=exp.Literal.number(1))])
+                this=value, expression=exp.Null())), true=exp.Literal.number(1))])
         stat = self._stat("sum", _gate(indicator, cond), 0.0, 1.0, True)
         return AggSpec(name, "count", key, (stat,), 0.0, 1.0, True, label)
 

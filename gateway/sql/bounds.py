@@ -23,7 +23,8 @@ from dataclasses import dataclass
 from sqlglot import exp
 
 from gateway.errors import QueryRejected
-from gateway.sql.scope import ColInfo, Scope
+from gateway.sql.scope import Scope
+from gateway.sql.typer import Typer
 from gateway.sql.validate import span_of
 
 INF = math.inf
@@ -97,24 +98,31 @@ _PART_FUNCS: dict[type[exp.Expr], str] = {
 
 NUMERIC = ("int", "float")
 
-# Floating-point operations whose rounding can step outside the interval computed
-# for them (or make NaN), so their result is cleaned and clamped once more.
-_INEXACT: tuple[type[exp.Expr], ...] = (
-    exp.Add, exp.Sub, exp.Mul, exp.Div, exp.Pow, exp.Sqrt, exp.Ln, exp.Log, exp.Exp)
-
-
 class ValueBuilder:
     """Builds the sanitised, clamped engine expression of an aggregate argument."""
 
-    def __init__(self, scope: Scope, sql: str, is_nan: Callable[[exp.Expr], exp.Expr]):
+    def __init__(self, scope: Scope, sql: str, is_nan: Callable[[exp.Expr], exp.Expr],
+                 typer: Typer) -> None:
         self.scope = scope
         self.sql = sql
         self.is_nan = is_nan
+        self.typer = typer
+        self._clamps: set[int] = set()  # ids of expressions _clamp built
 
     # -- entry point ----------------------------------------------------------------
 
     def clamped(self, node: exp.Expr, what: str) -> tuple[exp.Expr, Interval]:
-        """The final per-row value: finite, inside the returned interval, or NULL."""
+        """The final per-row value: total, finite, inside the returned interval, or NULL.
+
+        Whatever the expression, the result is re-clamped to the interval the analysis
+        assumed, unless it is built only by *selecting* among values that are clamped
+        already (clamped columns, constants, CASE/COALESCE/LEAST/GREATEST over them):
+        a syntactic rule, so no reasoning about functions or date parts is trusted.
+        """
+        t = self.typer.type_of(node)
+        if t.family not in ("number", "bool", "null"):
+            raise self._reject(node, f"the argument of {what} is {t.kind}, not a number",
+                               "aggregate a numeric expression, or COUNT it")
         value, iv = self.value(node)
         if not iv.finite:
             cols = sorted({c.name for c in node.find_all(exp.Column)})
@@ -126,11 +134,30 @@ class ValueBuilder:
                 rule="unbounded", span=span_of(node, self.sql))
         if iv.empty:
             return exp.Null(), iv
-        if not any(isinstance(n, _INEXACT) for n in value.walk()):
-            # Only selections among clamped columns and constants (CASE, COALESCE,
-            # LEAST, ...) and exact operations: the value cannot leave the interval.
+        value = self.typer.engine(value)
+        if self._within(value):
             return value, iv
         return self._clamp(value, iv, check_nan=not iv.integral), iv
+
+    def _within(self, value: exp.Expr) -> bool:
+        """Is ``value`` certainly inside its interval: a selection among clamped values?"""
+        if id(value) in self._clamps or isinstance(value, exp.Literal | exp.Null):
+            return True
+        if isinstance(value, exp.Neg) and isinstance(value.this, exp.Literal):
+            return True
+        if isinstance(value, exp.Paren | exp.Try):
+            return self._within(value.this)
+        if isinstance(value, exp.Case):
+            results = [b.args["true"] for b in value.args.get("ifs") or []]
+            if value.args.get("default") is not None:
+                results.append(value.args["default"])
+            return all(self._within(r) for r in results)
+        if isinstance(value, exp.If):
+            return all(self._within(r) for r in (value.args["true"], value.args.get("false"))
+                       if r is not None)
+        if isinstance(value, exp.Coalesce | exp.Least | exp.Greatest):
+            return all(self._within(a) for a in [value.this, *value.expressions])
+        return False
 
     # -- value context ------------------------------------------------------------------
 
@@ -166,7 +193,7 @@ class ValueBuilder:
             return exp.Coalesce(this=parts[0][0], expressions=[p[0] for p in parts[1:]]), iv
         if isinstance(node, exp.Nullif):
             v, iv = self.value(node.this)
-            return exp.Nullif(this=v, expression=node.expression.copy()), iv
+            return exp.Nullif(this=v, expression=self.typer.engine(node.expression.copy())), iv
         if isinstance(node, exp.Least | exp.Greatest):
             return self._extreme(node)
         if isinstance(node, exp.Cast | exp.TryCast):
@@ -178,7 +205,7 @@ class ValueBuilder:
         if fn is not None:
             return fn
         if _is_predicate(node):
-            pred = node.copy()
+            pred = self.typer.condition(node.copy(), "a condition")
             return (exp.Case(ifs=[exp.If(this=pred, true=exp.Literal.number(1)),
                                   exp.If(this=exp.Not(this=pred.copy()),
                                          true=exp.Literal.number(0))]), BIT)
@@ -239,19 +266,23 @@ class ValueBuilder:
             if false is not None:
                 f, b = self.value(false)
                 iv = iv.union(b)
-            return exp.If(this=node.this.copy(), true=t, false=f), iv
+            cond = self.typer.condition(node.this.copy(), "the condition of IF")
+            return exp.If(this=cond, true=t, false=f), iv
         ifs = []
+        operand = node.this
         for branch in node.args.get("ifs") or []:
             t, a = self.value(branch.args["true"])
             iv = iv.union(a)
-            ifs.append(exp.If(this=branch.this.copy(), true=t))
+            when = branch.this.copy()
+            if operand is not None:  # CASE x WHEN y: the comparison x = y, made explicit
+                when = exp.EQ(this=operand.copy(), expression=when)
+            ifs.append(exp.If(this=self.typer.condition(when, "a CASE WHEN condition"), true=t))
         default = node.args.get("default")
         d = None
         if default is not None:
             d, b = self.value(default)
             iv = iv.union(b)
-        operand = node.this.copy() if node.this is not None else None
-        return exp.Case(this=operand, ifs=ifs, default=d), iv
+        return exp.Case(ifs=ifs, default=d), iv
 
     def _extreme(self, node: exp.Expr) -> tuple[exp.Expr, Interval]:
         args = [node.this, *node.expressions]
@@ -342,11 +373,7 @@ class ValueBuilder:
                                               iv)
         if isinstance(node, exp.Pow):
             return self._pow(node)
-        part = self._date_part(node)
-        if part is not None:
-            lo_hi, _col = part
-            return node.copy(), Interval(lo_hi[0], lo_hi[1], True)
-        return None
+        return self._date_part(node)
 
     def _pow(self, node: exp.Pow) -> tuple[exp.Expr, Interval]:
         e = node.expression
@@ -362,7 +389,10 @@ class ValueBuilder:
         cands = [_nan_to(c, INF) for c in cands]
         return exp.Pow(this=v, expression=e.copy()), Interval(min(cands), max(cands), iv.integral)
 
-    def _date_part(self, node: exp.Expr) -> tuple[tuple[float, float], ColInfo | None] | None:
+    def _date_part(self, node: exp.Expr) -> tuple[exp.Expr, Interval] | None:
+        """A date part: fixed ranges for month, day, ...; the year from the column's
+        bounds, taken of the date *clamped* to those bounds (a victim dated 9999
+        counts as the last bounded year).  The caller re-clamps the result."""
         part: str | None = None
         target: exp.Expr | None = None
         if type(node) in _PART_FUNCS:
@@ -377,13 +407,32 @@ class ValueBuilder:
             return None
         fixed = _DATE_PARTS[part]
         if fixed is not None:
-            return fixed, None
+            return node.copy(), Interval(fixed[0], fixed[1], True)
+        target = target.unnest() if target is not None else None
         if isinstance(target, exp.Column):
             _, info = self.scope.resolve(target, self.sql)
-            if info.raw_bounds is not None:
-                return (float(info.raw_bounds[0].year), float(info.raw_bounds[1].year)), info
+            if info.raw_bounds is not None and info.type in ("date", "timestamp"):
+                lo, hi = info.raw_bounds
+                kind = "DATE" if info.type == "date" else "TIMESTAMP"
+                low = exp.Cast(this=exp.Literal.string(lo.isoformat()),
+                               to=exp.DataType.build(kind))
+                high = exp.Cast(this=exp.Literal.string(hi.isoformat()),
+                                to=exp.DataType.build(kind))
+                clamped = exp.Case(ifs=[
+                    exp.If(this=exp.LT(this=target.copy(), expression=low), true=low.copy()),
+                    exp.If(this=exp.GT(this=target.copy(), expression=high), true=high.copy())],
+                    default=target.copy())
+                out = node.copy()
+                if isinstance(node, exp.Anonymous):
+                    out.set("expressions", [node.expressions[0].copy(), clamped])
+                elif isinstance(node, exp.Extract):
+                    out.set("expression", clamped)
+                else:
+                    out.set("this", clamped)
+                return out, Interval(float(lo.year), float(hi.year), True)
         raise self._reject(node, "the year of this value is unbounded",
-                           "give the date column bounds in the policy")
+                           "give the date column bounds in the policy and take the year of "
+                           "the column itself")
 
     # -- helpers ----------------------------------------------------------------------
 
@@ -397,7 +446,9 @@ class ValueBuilder:
         lo, hi = _number(iv.lo, iv.integral), _number(iv.hi, iv.integral)
         clamp = exp.Least(this=exp.Greatest(this=v, expressions=[lo], ignore_nulls=True),
                           expressions=[hi], ignore_nulls=True)
-        return exp.Case(ifs=[exp.If(this=null_if, true=exp.Null())], default=clamp)
+        out = exp.Case(ifs=[exp.If(this=null_if, true=exp.Null())], default=clamp)
+        self._clamps.add(id(out))
+        return out
 
     def _reject(self, node: exp.Expr, msg: str, hint: str) -> QueryRejected:
         return QueryRejected(msg, hint=hint, rule="unbounded", span=span_of(node, self.sql))

@@ -122,7 +122,7 @@ class DomainFinder:
         if columns:
             rows = list(itertools.product(*domains))
             values = exp.Values(
-                expressions=[exp.Tuple(expressions=[_literal(v, info.type) for v, (_, info)
+                expressions=[exp.Tuple(expressions=[typed_literal(v, info.type) for v, (_, info)
                                                     in zip(row, columns, strict=True)])
                              for row in rows],
                 alias=exp.TableAlias(this=exp.to_identifier("t"),
@@ -201,10 +201,16 @@ def _policy_type(duck: str) -> str:
     return policy_type(duck)
 
 
-def _literal(value: Any, kind: str) -> exp.Expr:
+def typed_literal(value: Any, kind: str) -> exp.Expr:
+    """A public value as a constant of the policy type ``kind`` (a plain literal, or a
+    CAST of a string literal: a constant the engine converts once, at bind time)."""
     if value is None:
         return exp.Null()
-    lit = exp.convert(value)
-    if kind in CANONICAL:
+    if isinstance(value, dt.datetime | dt.date):
+        lit: exp.Expr = exp.Literal.string(value.isoformat(sep=" ") if isinstance(
+            value, dt.datetime) else value.isoformat())
+    else:
+        lit = exp.convert(value)
+    if kind in ("float", "date", "timestamp"):
         return exp.Cast(this=lit, to=exp.DataType.build(CANONICAL[kind]))
     return lit

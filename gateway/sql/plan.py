@@ -23,7 +23,8 @@ class KeySpec:
     """One GROUP BY key."""
 
     name: str  # k0, k1, ... in the noisy result
-    expr: exp.Expr  # over the FROM scope
+    expr: exp.Expr  # over the FROM scope, as the analyst wrote it
+    engine: exp.Expr  # what the engine evaluates: typed, total (guarded where needed)
     canon: str  # canonical SQL, to find the key again in SELECT/HAVING/ORDER BY
     domain: tuple[Any, ...] | None  # public values, or None: partition selection
     type: str = "unknown"  # policy type of the key's values
@@ -44,7 +45,7 @@ class StatSpec:
 
     name: str  # s0, s1, ...
     kind: StatKind
-    value: exp.Expr | None
+    value: exp.Expr | None  # what the engine evaluates per row: total, clamped to [lo, hi]
     lo: float = 0.0
     hi: float = 1.0
     integral: bool = True

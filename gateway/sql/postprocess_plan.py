@@ -46,7 +46,7 @@ def output_name(item: exp.Expr) -> str:
 
 
 def build_post_query(tree: exp.Select, scope: Scope, keys: Sequence[KeySpec],
-                     aggs: Sequence[AggSpec], agg_nodes: Sequence[exp.Expr], sql: str,
+                     aggs: Sequence[AggSpec], sql: str,
                      canon: Callable[[exp.Expr], str]) -> exp.Select:
     by_canon = {a.canon: a.name for a in aggs}
     key_canon = {k.canon: k.name for k in keys}

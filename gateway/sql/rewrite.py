@@ -25,9 +25,12 @@ One query, in stages (CTEs), after the analyst's joins and filters:
                     partitions must be selected).
 
 Without GROUP BY a unit has one "group", and stages 3-4 disappear.  The salt is
-a query parameter, so the rewritten SQL text is deterministic and serves as the
-cache key.  Only portable SQL and the executor's small dialect hooks (guard,
-keyed hash, NaN test) are used.
+a named query parameter (``$salt``, also used by the pre-join truncation of
+protected relations), so the rewritten SQL text is deterministic and serves as
+the cache key.  Every row-level expression arrives from the analysis typed and
+total (guarded where needed); :func:`gateway.sql.verify.verify_total` checks
+the finished tree once more.  Only portable SQL and the executor's small
+dialect hooks (guard, keyed hash, NaN test) are used.
 """
 
 from __future__ import annotations
@@ -38,7 +41,10 @@ from dataclasses import dataclass
 from sqlglot import exp
 
 from gateway.engine.base import Executor
+from gateway.sql.domains import typed_literal
 from gateway.sql.plan import KeySpec, Plan
+from gateway.sql.relations import SALT
+from gateway.sql.verify import verify_total
 
 MAX_IN_LIST = 1000
 
@@ -52,7 +58,9 @@ class Grid:
 
 
 def rewrite(plan: Plan, grids: Mapping[str, Grid], executor: Executor) -> exp.Select:
-    return _Rewriter(plan, grids, executor).build()
+    tree = _Rewriter(plan, grids, executor).build()
+    verify_total(tree)
+    return tree
 
 
 def _col(name: str) -> exp.Column:
@@ -127,14 +135,14 @@ class _Rewriter:
             assert s.value is not None
             by_value[self.stat_value[s.name]] = s.value
         for col, value in by_value.items():
-            items.append(exp.alias_(self._guard(value.copy()), col, quoted=True))
+            items.append(exp.alias_(value.copy(), col, quoted=True))
         rel.set("expressions", items)
         conds: list[exp.Expr] = [exp.Not(this=exp.Is(this=self.plan.unit.copy(),
                                                            expression=exp.Null()))]
         for key in self.plan.keys:
             if key.domain is not None and len(key.domain) <= MAX_IN_LIST:
-                conds.append(exp.In(this=self._guard(key.expr.copy()),
-                                    expressions=[exp.convert(v) for v in key.domain]))
+                conds.append(exp.In(this=key.engine.copy(),
+                                    expressions=[typed_literal(v, key.type) for v in key.domain]))
         where = rel.args.get("where")
         if where is not None:
             conds.insert(0, where.this)
@@ -145,7 +153,7 @@ class _Rewriter:
         """A key value that can always be fetched: dates and timestamps outside years
         1-9999 (valid in the engine, not in Python) become NULL row by row, so their
         presence cannot make the query fail."""
-        e = self._guard(key.expr.copy())
+        e = key.engine.copy()
         if key.type not in ("date", "timestamp") or (
                 key.domain is not None and len(key.domain) <= MAX_IN_LIST):
             return e
@@ -154,11 +162,6 @@ class _Rewriter:
         hi = exp.Cast(this=exp.Literal.string("9999-12-31"), to=exp.DataType.build(kind))
         inside = exp.Between(this=e.copy(), low=lo, high=hi)
         return self.ex.guard(exp.Case(ifs=[exp.If(this=inside, true=e)]))
-
-    def _guard(self, e: exp.Expr) -> exp.Expr:
-        if _cannot_raise(e):
-            return e
-        return self.ex.guard(e)
 
     # -- stage 2 ---------------------------------------------------------------------
 
@@ -233,7 +236,7 @@ class _Rewriter:
                          *[_col(c) for c in totals]).from_("__dp_joined").where(
             exp.LTE(this=ng, expression=l0))
         order = self.ex.keyed_hash([_col("__dp_unit"), *[_col(k) for k in self.keys]],
-                                   exp.Placeholder())
+                                   exp.Placeholder(this=SALT))
         rank = exp.Window(this=exp.RowNumber(), partition_by=[_col("__dp_unit")],
                           order=exp.Order(expressions=[exp.Ordered(this=order)]))
         ranked = exp.select(exp.Star(), exp.alias_(rank, "__dp_rank", quoted=True)).from_(
@@ -296,8 +299,9 @@ class _Rewriter:
     def _final(self) -> exp.Select:
         items: list[exp.Expr] = [_col(k) for k in self.keys]
         for s in self.plan.stats:
-            items.append(exp.alias_(_bigint(_coalesce0(_sum(_col(s.name)))), s.name,
-                                    quoted=True))
+            # Summed in the engine's widest integer (no cast back to 64 bits, which could
+            # overflow with enough units: an error that would depend on the data).
+            items.append(exp.alias_(_coalesce0(_sum(_col(s.name))), s.name, quoted=True))
         if self.plan.partition_selection:
             items.append(exp.alias_(exp.Count(this=exp.Star()), "__dp_units", quoted=True))
         q = exp.select(*items).from_("__dp_contrib")
@@ -308,25 +312,3 @@ class _Rewriter:
 
 def _total_name(stat: str) -> str:
     return "__dp_t" + stat.removeprefix("__dp_s")
-
-
-# Expressions made only of these cannot raise on any value (comparisons only
-# between plain operands, whose types analyze() has checked), so the engine's
-# guard, which costs a little and hides expressions from the optimizer, is skipped.
-_TOTAL: tuple[type[exp.Expr], ...] = (
-    exp.Column, exp.Identifier, exp.Literal, exp.Null, exp.Boolean, exp.Paren, exp.Case,
-    exp.If, exp.Is, exp.Not, exp.And, exp.Or, exp.Coalesce, exp.IsNan, exp.Least,
-    exp.Greatest)
-_PLAIN_COMPARISONS: tuple[type[exp.Expr], ...] = (
-    exp.EQ, exp.NEQ, exp.GT, exp.GTE, exp.LT, exp.LTE)
-
-
-def _cannot_raise(e: exp.Expr) -> bool:
-    for node in e.walk():
-        if isinstance(node, _PLAIN_COMPARISONS):
-            if not all(isinstance(x.unnest(), exp.Column | exp.Literal | exp.Boolean)
-                       for x in (node.this, node.expression)):
-                return False
-        elif not isinstance(node, _TOTAL):
-            return False
-    return True

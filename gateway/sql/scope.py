@@ -1,11 +1,28 @@
 """Relations in FROM: what each column is, and whether rows stay attributable.
 
 DESIGN §2: after FROM/JOIN/WHERE every row must belong to exactly one privacy
-unit.  Allowed are one protected relation, protected ⋈ public on any key, and
-protected ⋈ protected on the privacy unit.  Subqueries and CTEs in FROM are
-allowed when they are row-wise (projection and filter, no aggregation, DISTINCT,
-LIMIT or window) so each of their rows is still one unit's row; the unit column
-is threaded through them by the rewrite when the analyst did not select it.
+unit, and one unit's rows must not be multiplied by the joins, or the work the
+engine does (and so the run time, and whether the time limit is reached) would
+grow without bound with one unit's data.  Allowed are
+
+* one protected relation;
+* protected ⋈ public only through an equality with a column that is *unique* in
+  the public relation (a key: declared ``key: true`` and checked when the
+  policy loads, or found unique then), so each row meets at most one public
+  row.  Public relations may chain (``visits ⋈ countries ⋈ regions``) as long
+  as every public relation is reached by such a key equality from the
+  protected rows or a constant (:func:`check_fan_out`);
+* protected ⋈ protected on exact unit = unit (``ON a.u = b.u`` or ``USING``
+  naming columns that *are* the unit on both sides), each side cut to
+  ``max_rows_per_unit`` rows per unit before the join (the rewrite does it), so
+  one unit yields at most M² joined rows.
+
+Cross joins, joins without a condition, OR and non-equi conditions, and
+tautologies such as ``c.x = c.x`` give no key equality and are rejected.
+Subqueries and CTEs in FROM are allowed when they are row-wise (projection and
+filter, no aggregation, DISTINCT, LIMIT or window) so each of their rows is
+still one unit's row; the unit column is threaded through them by the rewrite
+when the analyst did not select it.
 
 Everything here is a function of the SQL and the policy, never of the data.
 """
@@ -52,6 +69,9 @@ class Relation:
     max_rows: int = 1
     max_groups: int = 1
     node: exp.Expr | None = None  # the Table or Subquery node in the tree
+    keys: frozenset[str] = frozenset()  # lower-case names of columns unique in a public relation
+    # Parts of a public subquery that may not meet protected data (node, what it does).
+    risks: tuple[tuple[exp.Expr, str], ...] = ()
 
     def column(self, name: str) -> ColInfo | None:
         return self.columns.get(name.lower())
@@ -66,6 +86,9 @@ class Scope:
     protected_tables: frozenset[str] = frozenset()
     max_rows: int = 1
     max_groups: int = 1
+    # Protected relations that meet another protected relation: each is cut to
+    # max_rows_per_unit rows per unit before the join.
+    truncated: tuple[Relation, ...] = ()
 
     @property
     def protected(self) -> bool:
@@ -112,7 +135,7 @@ def _unknown_column(col: exp.Column, sql: str, rel: Relation | None,
 
 
 def base_relation(policy: Policy, table: exp.Table, table_columns: Callable[[str], dict[str, str]],
-                  row_id: str) -> Relation:
+                  row_id: str, table_keys: Callable[[str], frozenset[str]]) -> Relation:
     """Relation for a policy table referenced in FROM."""
     name = policy.canonical_table_name(table.name)
     assert name is not None  # validate() checked it
@@ -122,7 +145,8 @@ def base_relation(policy: Policy, table: exp.Table, table_columns: Callable[[str
     if spec.public:
         for cname, ctype in table_columns(name).items():
             cols[cname.lower()] = ColInfo(cname, ctype, values_from=(name, cname), public=True)
-        return Relation(alias, cols, protected=False, node=table)
+        return Relation(alias, cols, protected=False, node=table,
+                        keys=frozenset(k.lower() for k in table_keys(name)))
     for cname, c in spec.columns.items():
         values_from = None
         if c.public_values_from:
@@ -186,7 +210,85 @@ def join_scope(relations: list[tuple[Relation, exp.Join | None]], sql: str) -> S
         scope.max_groups = min(r.max_groups for r in protected)
         if len(protected) > 1:
             _check_outer_sides(relations, sql)
+            scope.truncated = tuple(protected)
+        check_fan_out(relations, scope, sql)
     return scope
+
+
+def check_fan_out(relations: list[tuple[Relation, exp.Join | None]], scope: Scope,
+                  sql: str) -> None:
+    """Every public relation in a query over protected data must be reached by a key
+    equality, so no protected row meets more than one of its rows.
+
+    A public relation P is *anchored* by a conjunct ``P.k = e`` of some ON clause
+    (or a USING column) where ``k`` is unique in P and ``e`` only reads relations
+    already anchored (the protected ones to begin with) or is a constant.  Given
+    one row of everything anchored before it, at most one row of P matches; by
+    induction every protected row extends to at most one joined row.
+    """
+    for rel, join in relations[1:]:
+        if join is None or join.kind == "CROSS" or not (join.args.get("on")
+                                                        or join.args.get("using")):
+            raise QueryRejected(
+                f"{rel.alias} is joined without a condition (a cross join) in a query over "
+                "protected data, so one protected row would meet every row of it",
+                hint="join on a key: ON <protected>.col = <public>.<unique column>",
+                rule="join", span=span_of(join or rel.node or exp.Null(), sql))
+    edges: list[tuple[str, frozenset[str]]] = []  # (public alias, aliases the other side reads)
+    by_alias = scope.relations
+    for index, (rel, join) in enumerate(relations):
+        if join is None:
+            continue
+        on = join.args.get("on")
+        if on is not None:
+            conjuncts = list(on.flatten()) if isinstance(on, exp.And) else [on]
+            for c in conjuncts:
+                c = c.unnest()
+                if isinstance(c, exp.EQ):
+                    edges += _key_edges(c.this, c.expression, scope, sql)
+                    edges += _key_edges(c.expression, c.this, scope, sql)
+        for ident in join.args.get("using") or []:
+            name = ident.name.lower()
+            left = [r for r, _ in relations[:index] if r.column(name) is not None]
+            for other in left:
+                if not rel.protected and name in rel.keys:
+                    edges.append((rel.alias, frozenset({other.alias})))
+                if not other.protected and name in other.keys:
+                    edges.append((other.alias, frozenset({rel.alias})))
+    anchored = {alias for alias, r in by_alias.items() if r.protected}
+    changed = True
+    while changed:
+        changed = False
+        for alias, reads in edges:
+            if alias not in anchored and reads <= anchored:
+                anchored.add(alias)
+                changed = True
+    for alias, r in by_alias.items():
+        if alias in anchored:
+            continue
+        keys = ", ".join(sorted(r.keys)) or "none"
+        node = next((j for rr, j in relations if rr is r and j is not None), r.node)
+        raise QueryRejected(
+            f"the join with {alias} can match several of its rows for one protected row "
+            "(it is not joined on a column that is unique in it), so one unit's rows could "
+            "be multiplied without bound",
+            hint=f"join {alias} with an equality on one of its unique columns ({keys}), e.g. "
+            f"ON <protected>.col = {alias}.<unique column>; other conditions may follow "
+            "with AND", rule="join_fan_out", span=span_of(node or exp.Null(), sql))
+
+
+def _key_edges(side: exp.Expr, other: exp.Expr, scope: Scope, sql: str
+               ) -> list[tuple[str, frozenset[str]]]:
+    side = side.unnest()
+    if not isinstance(side, exp.Column) or isinstance(side.this, exp.Star):
+        return []
+    rel, info = scope.resolve(side, sql)
+    if rel.protected or info.name.lower() not in rel.keys:
+        return []
+    reads = frozenset(scope.resolve(c, sql)[0].alias for c in other.find_all(exp.Column))
+    if rel.alias in reads:
+        return []  # a tautology such as c.k = c.k or c.k = c.k + 0
+    return [(rel.alias, reads)]
 
 
 def _check_unit_join(rel: Relation, earlier: list[Relation], join: exp.Join | None,
@@ -205,11 +307,16 @@ def _check_unit_join(rel: Relation, earlier: list[Relation], join: exp.Join | No
             span=span_of(join, sql))
     using = join.args.get("using")
     if using:
-        names = {i.name.lower() for i in using}
-        if rel.unit_column and rel.unit_column.lower() in names and any(
-            r.unit_column and r.unit_column.lower() in names for r in earlier
-        ):
-            return
+        # USING (n) equates the columns *named* n on both sides; it joins on the unit
+        # only if, for some n, that column is the unit on this side and on an earlier
+        # protected side (derived tables may rename columns).
+        for ident in using:
+            mine = rel.column(ident.name)
+            if mine is not None and mine.is_unit and any(
+                (theirs := r.column(ident.name)) is not None and theirs.is_unit
+                for r in earlier
+            ):
+                return
     on = join.args.get("on")
     if on is not None:
         for conj in on.flatten() if isinstance(on, exp.And) else [on]:
@@ -226,8 +333,11 @@ def _check_unit_join(rel: Relation, earlier: list[Relation], join: exp.Join | No
 def _is_unit_pair(a: exp.Expr, b: exp.Expr, rel: Relation,
                   earlier: list[Relation]) -> bool:
     def is_unit_of(e: exp.Expr, r: Relation) -> bool:
-        return (isinstance(e, exp.Column) and e.table.lower() == r.alias
-                and r.unit_column is not None and e.name.lower() == r.unit_column.lower())
+        e = e.unnest()
+        if not isinstance(e, exp.Column) or e.table.lower() != r.alias:
+            return False
+        info = r.column(e.name)
+        return info is not None and info.is_unit
 
     for x, y in ((a, b), (b, a)):
         if is_unit_of(x, rel) and any(is_unit_of(y, r) for r in earlier):

@@ -28,13 +28,13 @@ from typing import Any
 
 from sqlglot import exp
 
-from gateway.engine.base import Executor
 from gateway.errors import QueryRejected
-from gateway.sql.analyze import Context, _Analyzer
+from gateway.sql.analyze import check_reserved_names
 from gateway.sql.bounds import ValueBuilder
 from gateway.sql.parse import parse
+from gateway.sql.relations import Context, FromAnalyzer
 from gateway.sql.scope import ColInfo, Scope
-from gateway.sql.typecheck import check_mismatches
+from gateway.sql.typer import Typer
 from gateway.sql.validate import span_of, validate
 
 UNIT = "__dp_unit"
@@ -67,14 +67,13 @@ class Selection:
     tables: frozenset[str]
 
 
-def select_training_rows(sql: str, label: str, ctx: Context, executor: Executor,
-                         table_names: set[str], *, max_length: int = 20_000,
-                         dialect: str = "duckdb") -> Selection:
+def select_training_rows(sql: str, label: str, ctx: Context, table_names: set[str], *,
+                         max_length: int = 20_000, dialect: str = "duckdb") -> Selection:
     """Parse, validate and analyse a training query (touches no data)."""
     tree = parse(sql, max_length=max_length, dialect=dialect)
     _reject_aggregation(tree, sql)
     tree = validate(tree, sql, table_names)
-    return _Selector(sql, ctx, executor).run(tree, label)
+    return _Selector(sql, ctx).run(tree, label)
 
 
 def _reject_aggregation(tree: exp.Select, sql: str) -> None:
@@ -102,20 +101,16 @@ _TOP_LEVEL = (
 
 
 class _Selector:
-    def __init__(self, sql: str, ctx: Context, executor: Executor) -> None:
+    def __init__(self, sql: str, ctx: Context) -> None:
         self.sql = sql
         self.ctx = ctx
-        self.executor = executor
         # The query analyzer's FROM-scope rules (joins, row-wise subqueries and
-        # CTEs, unit threading) are exactly the rules a training query needs.
-        self.analyzer = _Analyzer(sql, ctx)
+        # CTEs, unit threading, typing and guards) are exactly the rules a
+        # training query needs.
+        self.relations = FromAnalyzer(sql, ctx)
 
     def run(self, tree: exp.Select, label: str) -> Selection:
-        for ident in tree.find_all(exp.Identifier):
-            if ident.name.lower().startswith("__dp"):
-                raise QueryRejected("names starting with __dp are reserved",
-                                    hint="rename the alias", rule="syntax",
-                                    span=span_of(ident, self.sql))
+        check_reserved_names(tree, self.sql)
         for key, word in _TOP_LEVEL:
             node = tree.args.get(key)
             if node:
@@ -128,15 +123,15 @@ class _Selector:
             raise QueryRejected("the training query has no FROM clause",
                                 hint="select features from a table, e.g. SELECT age, converted "
                                 "FROM visits", rule="syntax")
-        ctes = self.analyzer.ctes(tree)
-        scope = self.analyzer._from_scope(tree, ctes)
+        ctes = self.relations.ctes(tree)
+        scope = self.relations.scope(tree, ctes)
         if not scope.protected:
             raise QueryRejected(
                 "the training query reads no protected table",
                 hint="training on public tables needs no privacy budget: export them instead",
                 rule="training_public")
-        self.analyzer._check_where(tree)
-        columns = self._columns(tree, scope)
+        typer = self.relations.typer(scope)
+        columns = self._columns(tree, scope, typer)
         label_key = label.lower() if isinstance(label, str) else ""
         matches = [i for i, (item, _) in enumerate(columns) if item[0].lower() == label_key]
         if not matches:
@@ -159,18 +154,18 @@ class _Selector:
         label_col = self._describe(label_name, label_node, label_info, LABEL, what="label")
         feats = tuple(self._describe(n, node, info, f"__dp_x{i}", what="feature")
                       for i, ((n, node), info) in enumerate(features))
-        query = self._query(tree, scope, [(c, node) for c, ((_, node), _) in
-                                          zip(feats, features, strict=True)],
+        query = self._query(tree, scope, typer, [(c, node) for c, ((_, node), _) in
+                                                 zip(feats, features, strict=True)],
                             (label_col, label_node))
         return Selection(self.sql, feats, label_col, query, scope.max_rows,
                          scope.protected_tables)
 
     # -- columns --------------------------------------------------------------------
 
-    def _columns(self, tree: exp.Select, scope: Scope
+    def _columns(self, tree: exp.Select, scope: Scope, typer: Typer
                  ) -> list[tuple[tuple[str, exp.Expr], ColInfo]]:
         out = []
-        values = ValueBuilder(scope, self.sql, self.ctx.is_nan)
+        values = ValueBuilder(scope, self.sql, self.ctx.is_nan, typer)
         for item in tree.expressions:
             if isinstance(item, exp.Star) or (isinstance(item, exp.Column)
                                               and isinstance(item.this, exp.Star)):
@@ -187,11 +182,8 @@ class _Selector:
                 raise QueryRejected("computed training columns need a name",
                                     hint=f"write {inner.sql()} AS name", rule="syntax",
                                     span=span_of(item, self.sql))
-            check_mismatches(inner, scope, self.sql)
-            info, = self.analyzer._projected(item, scope, values)
-            if info.type == "unknown" and info.public_values is None and _is_numeric(
-                    inner, values):
-                info = ColInfo(info.name, "float", sensitive=info.sensitive)  # unbounded
+            typer.type_of(inner)
+            info, = self.relations.projected(item, scope, values, typer)
             out.append(((item.alias_or_name, inner), info))
         return out
 
@@ -237,7 +229,7 @@ class _Selector:
 
     # -- the engine query -------------------------------------------------------------
 
-    def _query(self, tree: exp.Select, scope: Scope,
+    def _query(self, tree: exp.Select, scope: Scope, typer: Typer,
                features: list[tuple[SelectedColumn, exp.Expr]],
                label: tuple[SelectedColumn, exp.Expr]) -> exp.Select:
         """SELECT unit, features..., label with unit-less and label-less rows dropped.
@@ -250,7 +242,7 @@ class _Selector:
         assert scope.unit is not None
         items: list[Any] = [exp.alias_(scope.unit.copy(), UNIT, quoted=True)]
         for col, node in [*features, label]:
-            value = self._guard(node.copy())
+            value = typer.engine(node.copy())
             if col.kind == "numeric" and not col.temporal:
                 value = exp.TryCast(this=value, to=exp.DataType.build("DOUBLE"))
             items.append(exp.alias_(value, col.engine_name, quoted=True))
@@ -260,21 +252,7 @@ class _Selector:
         if where is not None:
             conds.append(where.this)
         conds.append(exp.Not(this=exp.Is(this=scope.unit.copy(), expression=exp.Null())))
-        conds.append(exp.Not(this=exp.Is(this=self._guard(label[1].copy()),
+        conds.append(exp.Not(this=exp.Is(this=typer.engine(label[1].copy()),
                                          expression=exp.Null())))
         query.set("where", exp.Where(this=exp.and_(*conds)))
         return query
-
-    def _guard(self, e: exp.Expr) -> exp.Expr:
-        if isinstance(e.unnest(), exp.Column | exp.Literal | exp.Null | exp.Boolean):
-            return e
-        return self.executor.guard(e)
-
-
-def _is_numeric(node: exp.Expr, values: ValueBuilder) -> bool:
-    """Does interval arithmetic accept the expression (i.e. is it a number)?"""
-    try:
-        values.value(node)
-    except QueryRejected:
-        return False
-    return True

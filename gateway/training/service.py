@@ -4,13 +4,14 @@ The order is the privacy argument:
 
 1. The SQL is analysed and the encoding built from the policy alone; a
    rejected query costs nothing.
-2. Before any row is read, the ledger is asked whether the whole request
-   (ε, δ) fits, then the DP unit count is charged (skipped when the analyst gives
-   a public estimate of the number of units).
-3. The rows are read and the noisy count released *inside the gateway*; from it
-   (post-processing) follow q, the steps and σ, and the DP-SGD (+ evaluation)
-   charge is committed — still before training starts.  Nothing raised after
-   step 1 depends on the data, so not even an error can leak it.
+2. Before any row is read, the *whole* cost is committed in one charge: exactly
+   when the analyst gives a public estimate of the number of units, otherwise
+   the requested ε with the DP-SGD share held as an (ε, δ) bound.  The
+   executor refuses to read without that charge; a failure after it keeps it.
+3. The rows are read and the noisy unit count released *inside the gateway*;
+   from it (post-processing) follow q, the steps and σ (solved so DP-SGD never
+   costs more than its share), and the charge is settled to the exact events
+   (never more than was reserved).
 4. Training runs (in a background thread for ``submit``) and only the model and
    public metadata are stored in the registry.
 """
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import math
+import secrets
 import threading
 import time
 import uuid
@@ -28,12 +30,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from sqlglot import exp
 
 from gateway.calibrate import check_budget_request
-from gateway.errors import BudgetExceeded, GatewayError, NotFound
-from gateway.ledger import Analyst, Cost
-from gateway.privacy.events import ApproxDpEvent, PrivacyEvent
+from gateway.errors import BudgetExceeded, GatewayError, InvalidRequest, NotFound
+from gateway.ledger import Analyst, Cost, Reservation
+from gateway.privacy.events import ApproxDpEvent
 from gateway.privacy.samplers import bernoulli, discrete_laplace
+from gateway.sql.relations import SALT
 from gateway.sql.selection import Selection, select_training_rows
 from gateway.training import accounting
 from gateway.training.dpsgd import SGDConfig, UnitData, prepare_units, train
@@ -149,81 +153,82 @@ class TrainingService:
             delta = pol.defaults.delta or min(pol.budget.per_analyst.delta or 1e-6, 1e-6)
         if epsilon is None and hyper.noise_multiplier is None:
             epsilon = pol.defaults.epsilon
+        if epsilon is None and hyper.units is None:
+            raise InvalidRequest(
+                "with noise_multiplier and no epsilon the cost of the run would depend on the "
+                "number of units, which is only known after reading rows; the whole cost must "
+                "be committed before any row is read",
+                hint="give epsilon (the noise is then solved for it), or a public estimate "
+                "`units` of the number of privacy units")
         check_budget_request(epsilon if epsilon is not None else 1.0, delta, "gaussian",
                              min_epsilon=pol.limits.min_epsilon_per_query,
                              max_epsilon=pol.limits.max_epsilon_per_query)
         shares = accounting.split_epsilon(epsilon, hyper)
-        selection = select_training_rows(sql, label, gw._context, gw.executor, gw._tables,
+        selection = select_training_rows(sql, label, gw._context, gw._tables,
                                          max_length=pol.limits.max_sql_length)
         encoding = build_encoding(selection, model)
         net = network_for(model, encoding.width, encoding.label.outputs,
                           encoding.label.kind == "binary", hyper.hidden, hyper.activation)
         max_rows = min(selection.max_rows_per_unit, hyper.max_rows_per_unit or 10**9)
-        gw.executor.check(selection.query, ())  # errors that need no data: before charging
-        self._preflight(who, epsilon, delta, shares)
-        charged = 0.0
-        if shares.count > 0:
-            self._reserve(who, model_id, sql, Cost(shares.count, 0.0,
-                                                   (accounting.count_event(shares.count),)))
-            charged = shares.count
-        # -- from here on, rows are read; nothing below may fail on their account --
+        gw.executor.check(selection.query)  # errors that need no data: before charging
+        # The whole cost is committed before the first row is read.  With a public unit
+        # estimate it is known exactly; otherwise the DP-SGD share is reserved as an
+        # (ε, δ) bound, and settled to the (never larger) DP-SGD event once σ is solved
+        # from the noisy count.
+        evaluation = accounting.evaluation_events(shares.evaluation) if shares.evaluation \
+            else ()
+        planned: accounting.SGDPrivacy | None = None
+        if hyper.units is not None:
+            planned = accounting.plan_sgd(float(hyper.units) * (1.0 - hyper.holdout), "public",
+                                          hyper, shares.sgd, delta)
+            cost = Cost(planned.epsilon + shares.evaluation, delta,
+                        (planned.event(), *evaluation))
+        else:
+            assert epsilon is not None and shares.sgd is not None
+            cost = Cost(epsilon, delta, (accounting.count_event(shares.count),
+                                         ApproxDpEvent(shares.sgd, delta), *evaluation))
+        permit = self._reserve(who, model_id, sql, cost)
+        # -- from here on, rows are read; any failure keeps the charge --
         try:
-            data = self._read(selection, encoding, max_rows)
+            data = self._read(selection, encoding, max_rows, permit)
             rng = gw._rng
-            if hyper.units is not None:
-                units_est, source = float(hyper.units), "public"
-            else:
+            if planned is None:
                 noisy = data.units + int(discrete_laplace(1.0 / shares.count, 1, rng)[0])
-                units_est, source = float(max(noisy, 1)), "dp_count"
+                units_est = float(max(noisy, 1)) * (1.0 - hyper.holdout)
+                sgd = accounting.plan_sgd(units_est, "dp_count", hyper, shares.sgd, delta)
+                gw.ledger.settle(permit, Cost(
+                    shares.count + sgd.epsilon + shares.evaluation, delta,
+                    (accounting.count_event(shares.count), sgd.event(), *evaluation)))
+            else:
+                sgd = planned
             eval_data = None
             train_data = data
             if hyper.holdout > 0:
                 held = bernoulli(np.full(data.units, hyper.holdout), rng)
                 train_data = data.subset(np.flatnonzero(~held))
                 eval_data = data.subset(np.flatnonzero(held))
-                units_est *= 1.0 - hyper.holdout
-            sgd = accounting.plan_sgd(units_est, source, hyper, shares.sgd, delta)
-            events: tuple[PrivacyEvent, ...] = (sgd.event(),)
-            if shares.evaluation > 0:
-                events += accounting.evaluation_events(shares.evaluation)
-            self._reserve(who, model_id, sql,
-                          Cost(sgd.epsilon + shares.evaluation, delta, events))
         except GatewayError as e:
-            if charged:
-                self._record_failed(model_id, who, sql, label, model, charged, e)
+            self._record_failed(model_id, who, sql, label, model, cost.epsilon, e)
             raise
         job = _Job(model_id, who, selection, encoding, net, hyper, sgd, train_data, eval_data,
-                   shares.evaluation, charged)
+                   shares.evaluation, shares.count if planned is None else 0.0)
         self.registry.create(model_id, who.name, self._spec(job, sql, label, model))
         return job
 
-    def _preflight(self, who: Analyst, epsilon: float | None, delta: float,
-                   shares: accounting.Shares) -> None:
-        """Refuse before the count is charged when the whole request cannot fit.
-
-        The DP-SGD part is represented by the worst case of any (ε, δ)-DP
-        mechanism (Kairouz, Oh & Viswanath 2015), which dominates the real one,
-        so a request that passes here passes the real charge unless others spend
-        in between.
-        """
-        if epsilon is None:
-            return
-        ledger = self.gw.ledger
-        events: list[PrivacyEvent] = [ApproxDpEvent(epsilon - shares.count, delta)]
-        if shares.count > 0:
-            events.append(accounting.count_event(shares.count))
-        ledger.preflight(who, Cost(epsilon, delta, tuple(events)))
-
-    def _reserve(self, who: Analyst, model_id: str, sql: str, cost: Cost) -> None:
+    def _reserve(self, who: Analyst, model_id: str, sql: str, cost: Cost) -> Reservation:
         try:
-            self.gw.ledger.reserve(who, model_id, "train", sql, cost)
+            return self.gw.ledger.reserve(who, model_id, "train", sql, cost)
         except BudgetExceeded as e:
             raise BudgetExceeded(e.message.replace("this query", "this training run"),
                                  hint=e.hint) from None
 
-    def _read(self, selection: Selection, encoding: Encoding, max_rows: int) -> UnitData:
+    def _read(self, selection: Selection, encoding: Encoding, max_rows: int,
+              permit: Reservation) -> UnitData:
         gw = self.gw
-        res = gw.executor.execute(selection.query, (), gw.policy.model.limits.query_timeout_s)
+        salted = any(p.name == SALT for p in selection.query.find_all(exp.Placeholder))
+        res = gw.executor.execute(selection.query, permit=permit,
+                                  params={SALT: secrets.randbits(62)} if salted else None,
+                                  timeout_s=gw.policy.model.limits.query_timeout_s)
         cols = res.columns
         y, keep = encoding.encode_label(cols[-1])
         x = encoding.encode_columns([np.asarray(c)[keep] if not isinstance(c, np.ma.MaskedArray)

@@ -12,7 +12,7 @@ from sqlglot import exp
 from gateway import Gateway
 from gateway.calibrate import calibrate
 from gateway.sql.rewrite import rewrite
-from tests.support import web_policy
+from tests.support import read_permit, web_policy
 
 
 @pytest.fixture(scope="module")
@@ -29,8 +29,8 @@ def _stage(gw: Gateway, sql: str, select: str, salt: int = 99) -> list[tuple[Any
     tree = rewrite(plan, calibrate(plan, 1.0, 1e-6, "laplace").grids, gw.executor)
     probe = exp.maybe_parse(select, dialect="duckdb")
     probe.set("with_", tree.args["with_"])
-    params = [salt for _ in probe.find_all(exp.Placeholder)]
-    return gw.executor.execute(probe, params).rows()
+    params = {"salt": salt} if any(True for _ in probe.find_all(exp.Placeholder)) else None
+    return gw.executor.execute(probe, permit=read_permit(gw), params=params).rows()
 
 
 def test_each_unit_keeps_at_most_l0_groups(gw: Gateway) -> None:

@@ -64,10 +64,9 @@ def test_round_trip_through_json() -> None:
 
 def test_encoding_depends_on_the_policy_not_the_data(shared_gw: Gateway) -> None:
     sql = "SELECT x1, device, flag, y FROM events"
-    full = select_training_rows(sql, "y", shared_gw._context, shared_gw.executor,
-                                shared_gw._tables)
+    full = select_training_rows(sql, "y", shared_gw._context, shared_gw._tables)
     none = select_training_rows(sql + " WHERE x1 > 100", "y", shared_gw._context,
-                                shared_gw.executor, shared_gw._tables)  # selects no rows
+                                shared_gw._tables)  # selects no rows
     assert build_encoding(full, "logistic") == build_encoding(none, "logistic")
 
 

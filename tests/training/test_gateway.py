@@ -32,7 +32,8 @@ def test_contract_example_on_the_web_policy(tmp_path: Path) -> None:
         pred = m.predict([{"age": 40, "duration_s": 120, "device": "tv"}])
         assert len(pred) == 1 and isinstance(pred[0], bool)
         spent = gw.budget("alice")
-        assert spent["epsilon_spent"] <= 1.0 + 1e-9 and spent["charges"] == 2
+        # One charge, committed before any row was read, settled to the exact events.
+        assert spent["epsilon_spent"] <= 1.0 + 1e-9 and spent["charges"] == 1
         d = gw.model(gw.analyst("alice"), m.id)
         assert set(d) == PUBLIC_KEYS
         assert d["privacy"]["units_source"] == "dp_count"
@@ -105,8 +106,14 @@ def test_public_unit_estimate_row_level_tables_and_given_sigma(gw: Gateway) -> N
     assert m.privacy["count_epsilon"] == 0.0 and m.privacy["max_rows_per_unit"] == 1
     assert [c["kind"] for c in gw.ledger.charges("ida")] == ["train"]
     s = gw.train("SELECT x1, y FROM events", label="y", delta=1e-5, analyst="ida",
-                 noise_multiplier=3.0, epochs=1)
+                 noise_multiplier=3.0, epochs=1, units=20_000)
     assert s.privacy["noise_multiplier"] == 3.0 and s.epsilon_spent < 1.0
+    # Without epsilon or a public unit count the cost is unknown before reading: refused.
+    before = len(gw.ledger.charges("ida"))
+    with pytest.raises(InvalidRequest, match="before any row is read"):
+        gw.train("SELECT x1, y FROM events", label="y", delta=1e-5, analyst="ida",
+                 noise_multiplier=3.0, epochs=1)
+    assert len(gw.ledger.charges("ida")) == before
 
 
 def test_bad_requests(gw: Gateway) -> None:

@@ -8,10 +8,11 @@ import pytest
 from gateway import Gateway
 from gateway.errors import QueryRejected
 from gateway.sql.selection import LABEL, UNIT, select_training_rows
+from tests.support import read_permit
 
 
 def _select(gw: Gateway, sql: str, label: str = "y"):  # type: ignore[no-untyped-def]
-    return select_training_rows(sql, label, gw._context, gw.executor, gw._tables)
+    return select_training_rows(sql, label, gw._context, gw._tables)
 
 
 @pytest.mark.parametrize(("sql", "label", "rule", "words"), [
@@ -57,7 +58,7 @@ def test_selection_metadata_comes_from_the_policy(shared_gw: Gateway) -> None:
     assert kinds["age"] == ("numeric", (18.0, 90.0), None)
     assert kinds["device"] == ("categorical", None, ("a", "b", "c"))
     assert kinds["flag"] == ("bool", None, None)
-    assert kinds["pos"] == ("numeric", (0.0, 1.0), None)
+    assert kinds["pos"] == ("bool", None, None)  # a comparison is a boolean feature
     assert kinds["grp"] == ("categorical", None, ("old", "young"))
     assert kinds["s"] == ("numeric", (-5.0, 5.0), None)
     assert sel.label.kind == "bool" and sel.max_rows_per_unit == 5
@@ -67,7 +68,7 @@ def test_engine_query_returns_unit_features_label(shared_gw: Gateway, synth) -> 
     sel = _select(shared_gw, "SELECT x1 / 2 AS half, device, y FROM events WHERE x2 > 0")
     text = sel.query.sql(dialect="duckdb")
     assert "TRY(" in text  # computed expressions are guarded
-    res = shared_gw.executor.execute(sel.query)
+    res = shared_gw.executor.execute(sel.query, permit=read_permit(shared_gw))
     assert res.names[0] == UNIT and res.names[-1] == LABEL
     expected = synth.train[synth.train.x2 > 0]
     assert res.num_rows == len(expected)
@@ -84,7 +85,8 @@ def test_joins_with_public_tables_and_on_the_unit_are_allowed(shared_gw: Gateway
     assert sel.tables == frozenset({"events", "profiles"})
     with_cte = _select(shared_gw, "WITH t AS (SELECT x1, y FROM events WHERE x1 > 0) "
                            "SELECT x1, y FROM t")
-    assert shared_gw.executor.execute(with_cte.query).num_rows > 0
+    assert shared_gw.executor.execute(with_cte.query,
+                                      permit=read_permit(shared_gw)).num_rows > 0
 
 
 def test_rejected_training_costs_nothing(gw: Gateway) -> None:

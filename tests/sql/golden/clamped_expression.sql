@@ -1,17 +1,19 @@
 WITH "__dp_rows" AS (
   SELECT
     "visits"."user_id" AS "__dp_unit",
-    TRY(
-      CASE
-        WHEN LEAST(
+    CASE
+      WHEN TRY(
+        LEAST(
           CAST(CASE
             WHEN duration_s IS NULL OR ISNAN(duration_s)
             THEN NULL
             ELSE LEAST(GREATEST(duration_s, 0.0), 3600.0)
           END AS DOUBLE) / CAST(60 AS DOUBLE),
           30
-        ) IS NULL
-        OR ISNAN(
+        )
+      ) IS NULL
+      OR ISNAN(
+        TRY(
           LEAST(
             CAST(CASE
               WHEN duration_s IS NULL OR ISNAN(duration_s)
@@ -21,9 +23,11 @@ WITH "__dp_rows" AS (
             30
           )
         )
-        THEN NULL
-        ELSE LEAST(
-          GREATEST(
+      )
+      THEN NULL
+      ELSE LEAST(
+        GREATEST(
+          TRY(
             LEAST(
               CAST(CASE
                 WHEN duration_s IS NULL OR ISNAN(duration_s)
@@ -31,13 +35,13 @@ WITH "__dp_rows" AS (
                 ELSE LEAST(GREATEST(duration_s, 0.0), 3600.0)
               END AS DOUBLE) / CAST(60 AS DOUBLE),
               30
-            ),
-            0.0
+            )
           ),
-          30.0
-        )
-      END
-    ) AS "__dp_v0"
+          0.0
+        ),
+        30.0
+      )
+    END AS "__dp_v0"
   FROM visits
   WHERE
     NOT "visits"."user_id" IS NULL
@@ -54,5 +58,5 @@ WITH "__dp_rows" AS (
   FROM __dp_groups
 )
 SELECT
-  CAST(COALESCE(SUM("__dp_s0"), 0) AS BIGINT) AS "__dp_s0"
+  COALESCE(SUM("__dp_s0"), 0) AS "__dp_s0"
 FROM __dp_contrib

@@ -96,7 +96,7 @@ WITH "__dp_rows" AS (
     FROM (
       SELECT
         *,
-        ROW_NUMBER() OVER (PARTITION BY "__dp_unit" ORDER BY HASH("__dp_unit", "__dp_k0", ?)) AS "__dp_rank"
+        ROW_NUMBER() OVER (PARTITION BY "__dp_unit" ORDER BY HASH("__dp_unit", "__dp_k0", $salt)) AS "__dp_rank"
       FROM __dp_joined
       WHERE
         "__dp_ng" > 20
@@ -125,8 +125,8 @@ WITH "__dp_rows" AS (
 )
 SELECT
   "__dp_k0",
-  CAST(COALESCE(SUM("__dp_s0"), 0) AS BIGINT) AS "__dp_s0",
-  CAST(COALESCE(SUM("__dp_s1"), 0) AS BIGINT) AS "__dp_s1"
+  COALESCE(SUM("__dp_s0"), 0) AS "__dp_s0",
+  COALESCE(SUM("__dp_s1"), 0) AS "__dp_s1"
 FROM __dp_contrib
 GROUP BY
   "__dp_k0"

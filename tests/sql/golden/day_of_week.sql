@@ -43,7 +43,7 @@ WITH "__dp_rows" AS (
 )
 SELECT
   "__dp_k0",
-  CAST(COALESCE(SUM("__dp_s0"), 0) AS BIGINT) AS "__dp_s0"
+  COALESCE(SUM("__dp_s0"), 0) AS "__dp_s0"
 FROM __dp_contrib
 GROUP BY
   "__dp_k0"

@@ -18,5 +18,5 @@ WITH "__dp_rows" AS (
   FROM __dp_groups
 )
 SELECT
-  CAST(COALESCE(SUM("__dp_s0"), 0) AS BIGINT) AS "__dp_s0"
+  COALESCE(SUM("__dp_s0"), 0) AS "__dp_s0"
 FROM __dp_contrib

@@ -2,8 +2,50 @@ WITH "__dp_rows" AS (
   SELECT
     "a"."user_id" AS "__dp_unit",
     1 AS "__dp_v0"
-  FROM visits AS a
-  JOIN visits AS b
+  FROM (
+    SELECT
+      *
+    FROM visits
+    QUALIFY
+      ROW_NUMBER() OVER (
+        PARTITION BY "user_id"
+        ORDER BY HASH(
+          "user_id",
+          $salt,
+          "visit_id",
+          "user_id",
+          "visit_date",
+          "country",
+          "device",
+          "age",
+          "duration_s",
+          "spend",
+          "converted"
+        )
+      ) <= 20
+  ) AS a
+  JOIN (
+    SELECT
+      *
+    FROM visits
+    QUALIFY
+      ROW_NUMBER() OVER (
+        PARTITION BY "user_id"
+        ORDER BY HASH(
+          "user_id",
+          $salt,
+          "visit_id",
+          "user_id",
+          "visit_date",
+          "country",
+          "device",
+          "age",
+          "duration_s",
+          "spend",
+          "converted"
+        )
+      ) <= 20
+  ) AS b
     ON a.user_id = b.user_id AND a.visit_id = b.visit_id
   WHERE
     NOT "a"."user_id" IS NULL
@@ -20,5 +62,5 @@ WITH "__dp_rows" AS (
   FROM __dp_groups
 )
 SELECT
-  CAST(COALESCE(SUM("__dp_s0"), 0) AS BIGINT) AS "__dp_s0"
+  COALESCE(SUM("__dp_s0"), 0) AS "__dp_s0"
 FROM __dp_contrib

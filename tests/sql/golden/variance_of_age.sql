@@ -49,7 +49,7 @@ WITH "__dp_rows" AS (
   FROM __dp_groups
 )
 SELECT
-  CAST(COALESCE(SUM("__dp_s0"), 0) AS BIGINT) AS "__dp_s0",
-  CAST(COALESCE(SUM("__dp_s1"), 0) AS BIGINT) AS "__dp_s1",
-  CAST(COALESCE(SUM("__dp_s2"), 0) AS BIGINT) AS "__dp_s2"
+  COALESCE(SUM("__dp_s0"), 0) AS "__dp_s0",
+  COALESCE(SUM("__dp_s1"), 0) AS "__dp_s1",
+  COALESCE(SUM("__dp_s2"), 0) AS "__dp_s2"
 FROM __dp_contrib
