@@ -444,16 +444,20 @@ def explain(gw: Gateway, sql: str, eps: float) -> Explained:
     return Explained(steps, list(e.aggregates), e.rewritten_sql, size)
 
 
+def _params(sql: str, salt: int | None = None) -> list[int] | dict[str, int]:
+    value = salt if salt is not None else random.getrandbits(62)
+    if "$salt" in sql:  # the gateway's rewritten SQL names its salt
+        return {"salt": value}
+    return [value] if ("$1" in sql or "?" in sql) else []
+
+
 def run_sql(cur: Any, sql: str, salt: int | None = None) -> list[tuple[Any, ...]]:
-    params = [salt if salt is not None else random.getrandbits(62)] if ("$1" in sql or "?" in sql) \
-        else []
-    return cur.execute(sql, params).fetchall()
+    return cur.execute(sql, _params(sql, salt)).fetchall()
 
 
 def run_gw_sql(cur: Any, sql: str) -> None:
     """The rewritten SQL alone, fetched like the executor does (fetchnumpy)."""
-    params = [random.getrandbits(62)] if "?" in sql else []
-    cur.execute(sql, params).fetchnumpy()
+    cur.execute(sql, _params(sql)).fetchnumpy()
 
 
 def stats_to_answers(ex: Explained, rows: list[tuple[Any, ...]], grouped: bool

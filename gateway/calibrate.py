@@ -13,6 +13,11 @@ the data (DESIGN §2, Ledger).
   2018) covers them — tighter than splitting ε and δ per statistic.  Partition
   selection, when needed, takes ε/(k+1) and half of δ.
 
+The charge is not set beside the noise: each noise value (:class:`StatNoise`,
+:class:`JointGaussian`, :class:`PartitionNoise`) has an ``event()`` built from
+the parameters its sampler receives, and the charged (ε, δ) is the basic
+composition of those events.
+
 Integer statistics (counts, sums of integers, unit counts) get integer noise
 (discrete Laplace, or rounded Gaussian) on grid 1; real-valued ones are put on a
 power-of-two grid chosen from the noise scale (Mironov 2012).
@@ -24,6 +29,8 @@ import hashlib
 import json
 import math
 from dataclasses import dataclass
+from decimal import Decimal
+from functools import cached_property
 from typing import Literal
 
 from gateway.errors import InvalidRequest, QueryRejected
@@ -52,33 +59,93 @@ NoiseKind = Literal["discrete_laplace", "laplace", "gaussian", "none"]
 
 @dataclass(frozen=True)
 class StatNoise:
+    """The noise of one statistic, as its sampler will receive it."""
+
     name: str
     kind: NoiseKind
     grid: Grid
     scale: float  # Laplace b or Gaussian σ, in grid units
     epsilon: float  # this statistic's share (Laplace); the joint ε for Gaussian
     ci95: float  # half-width in value units, from the scale alone
+    sensitivity: float = 0.0  # in grid units: L1 (Laplace kinds) or L2 (Gaussian)
 
     @property
     def value_scale(self) -> float:
         return self.scale * self.grid.step
 
+    def event(self) -> PrivacyEvent | None:
+        """What releasing this statistic alone costs, from the noise it gets.
+
+        Gaussian statistics are released jointly (one event for all of them, see
+        :class:`JointGaussian`), so they have no event of their own."""
+        if self.kind == "none" or self.kind == "gaussian":
+            return None
+        # The sampler gets ``scale``; Laplace(b) on sensitivity Δ is (Δ/b)-DP.
+        if self.sensitivity / self.scale > self.epsilon * (1 + 1e-9):
+            raise ValueError(f"noise of {self.name} is smaller than its ε claims")
+        if self.kind == "discrete_laplace":
+            return DiscreteLaplaceEvent(self.epsilon, int(self.sensitivity))
+        return LaplaceEvent(self.epsilon)
+
+
+@dataclass(frozen=True)
+class JointGaussian:
+    """Gaussian statistics released as one vector, each divided by its L2 sensitivity."""
+
+    epsilon: float
+    delta: float
+    members: tuple[StatNoise, ...]
+
+    def event(self) -> GaussianEvent:
+        # Each coordinate's σ/Δ2 is the joint σ; the vector of k coordinates has
+        # L2 sensitivity √k, so the noise multiplier is min(σ/Δ2)/√k.  GaussianEvent
+        # checks that this multiplier really gives (ε, δ) (Balle & Wang 2018).
+        k = len(self.members)
+        multiplier = min(m.scale / m.sensitivity for m in self.members) / math.sqrt(k)
+        return GaussianEvent(multiplier, self.epsilon, self.delta)
+
 
 @dataclass(frozen=True)
 class PartitionNoise:
+    """Partition selection, with the (ε, δ) its sampler is given."""
+
     epsilon: float
     delta: float
     max_partitions: int
 
+    def event(self) -> ApproxDpEvent:
+        # select_partitions(ε, δ, L0) is (ε, δ)-DP for a unit in up to L0 groups.
+        return ApproxDpEvent(self.epsilon, self.delta)
+
 
 @dataclass(frozen=True)
 class Calibration:
-    epsilon: float  # charged (basic composition of the events)
-    delta: float
+    """Noise for every statistic; the charge is derived from it, never set beside it."""
+
     mechanism: str
     stats: dict[str, StatNoise]
     partition: PartitionNoise | None
-    events: tuple[PrivacyEvent, ...]
+    gaussian: JointGaussian | None = None
+
+    @cached_property
+    def events(self) -> tuple[PrivacyEvent, ...]:
+        """One event per mechanism that runs: the release is their composition."""
+        found: list[PrivacyEvent] = [e for s in self.stats.values()
+                                     if (e := s.event()) is not None]
+        if self.gaussian is not None:
+            found.append(self.gaussian.event())
+        if self.partition is not None:
+            found.append(self.partition.event())
+        return tuple(found)
+
+    @property
+    def epsilon(self) -> float:
+        """ε charged: basic composition of the events (exact in decimal)."""
+        return float(sum((Decimal(repr(e.epsilon)) for e in self.events), Decimal(0)))
+
+    @property
+    def delta(self) -> float:
+        return float(sum((Decimal(repr(e.delta)) for e in self.events), Decimal(0)))
 
     @property
     def grids(self) -> dict[str, Grid]:
@@ -121,6 +188,9 @@ def check_budget_request(epsilon: float, delta: float, mechanism: str, *,
                              hint="pass delta=1e-6, or use mechanism='laplace'")
 
 
+# Largest per-unit contribution in grid units (a BIGINT in the engine, 2^63 - 1 at most).
+MAX_GRID_UNITS = float(2**62)
+
 # Beyond this a sensitivity is not a bound anyone meant (e.g. SUM(x * 1e305)), and
 # noise scales and grids would overflow.
 MAX_SENSITIVITY = 1e100
@@ -136,11 +206,22 @@ def calibrate(plan: Plan, epsilon: float, delta: float, mechanism: str) -> Calib
                 hint="clamp the value to the range you care about, e.g. "
                 "LEAST(GREATEST(x, 0), 1000)", rule="unbounded")
     try:
-        return _calibrate(plan, epsilon, delta, mechanism)
+        cal = _calibrate(plan, epsilon, delta, mechanism)
     except ValueError as e:  # a parameter the samplers cannot honour (extreme bounds or ε)
         raise QueryRejected(f"this query's noise cannot be calibrated ({e})",
                             hint="narrow the bounds of the aggregated values or use a more "
                             "moderate epsilon", rule="calibration") from None
+    for s in plan.stats:
+        # One unit's contribution, in grid units, must fit a 64-bit integer with room to
+        # spare: the engine casts it to BIGINT, and an overflow would be an error that
+        # depends on the data.
+        l1 = s.sensitivity(plan.max_rows, plan.max_groups)[0]
+        if l1 / cal.stats[s.name].grid.step >= MAX_GRID_UNITS:
+            raise QueryRejected(
+                "this query's values are too wide for exact integer sums at this epsilon",
+                hint="narrow the bounds of the aggregated values or use a smaller epsilon",
+                rule="calibration")
+    return cal
 
 
 def _calibrate(plan: Plan, epsilon: float, delta: float, mechanism: str) -> Calibration:
@@ -155,32 +236,29 @@ def _calibrate(plan: Plan, epsilon: float, delta: float, mechanism: str) -> Cali
             "(see /v1/schema)", rule="partition_selection")
     stats: dict[str, StatNoise] = {s.name: StatNoise(s.name, "none", Grid(1.0, s.integral), 0.0,
                                                      0.0, 0.0) for s in exact}
-    events: list[PrivacyEvent] = []
     partition = None
+    gaussian = None
     shares = len(noisy) + (1 if ps else 0)
     if shares == 0:
-        return Calibration(0.0, 0.0, mechanism, stats, None, ())
+        return Calibration(mechanism, stats, None)
     if mechanism == "laplace":
+        # ε split evenly; δ goes entirely to partition selection.
         eps_each = epsilon / shares
         for s in noisy:
-            noise, event = _laplace(s, plan, eps_each)
-            stats[s.name] = noise
-            events.append(event)
+            stats[s.name] = _laplace(s, plan, eps_each)
         if ps:
             partition = PartitionNoise(eps_each, delta, plan.max_groups)
-            events.append(ApproxDpEvent(eps_each, delta))
-        charged_delta = delta if ps else 0.0
     else:
         eps_ps = epsilon / shares if ps else 0.0
         delta_ps = delta / 2 if ps else 0.0
         if noisy:
             eps_g, delta_g = epsilon - eps_ps, delta - delta_ps
-            stats.update(_gaussian(noisy, plan, eps_g, delta_g, events))
+            members = _gaussian(noisy, plan, eps_g, delta_g)
+            stats.update({m.name: m for m in members})
+            gaussian = JointGaussian(eps_g, delta_g, tuple(members))
         if ps:
             partition = PartitionNoise(eps_ps, delta_ps, plan.max_groups)
-            events.append(ApproxDpEvent(eps_ps, delta_ps))
-        charged_delta = delta
-    return Calibration(epsilon, charged_delta, mechanism, stats, partition, tuple(events))
+    return Calibration(mechanism, stats, partition, gaussian)
 
 
 def _l1(s: StatSpec, plan: Plan) -> float:
@@ -198,31 +276,28 @@ def _is_integral(s: StatSpec, plan: Plan) -> bool:
     return s.kind == "units" or (s.kind == "sum" and s.integral and plan.max_groups == 1)
 
 
-def _laplace(s: StatSpec, plan: Plan, eps: float) -> tuple[StatNoise, PrivacyEvent]:
+def _laplace(s: StatSpec, plan: Plan, eps: float) -> StatNoise:
     l1, _ = s.sensitivity(plan.max_rows, plan.max_groups)
     if _is_integral(s, plan) and math.ceil(l1 - 1e-9) / eps <= MAX_DISCRETE_SCALE:
         sens = math.ceil(l1 - 1e-9)
         scale = sens / eps
         ci = discrete_laplace_ci95(scale)
-        return (StatNoise(s.name, "discrete_laplace", Grid(1.0, True), scale, eps, ci),
-                DiscreteLaplaceEvent(eps, sens))
+        return StatNoise(s.name, "discrete_laplace", Grid(1.0, True), scale, eps, ci, sens)
     # Real values, or integers whose noise is too wide for exact integer sampling:
     # Laplace rounded to a power-of-two grid chosen from the scale.
     g = choose_grid(l1 / eps, l1)
     sens_units = grid_sensitivity(l1, g, plan.max_groups, "l1") / g
     scale = sens_units / eps
     ci = rounded_ci95(laplace_ci95(scale * g), g, value_on_grid=False)
-    return StatNoise(s.name, "laplace", Grid(g, False), scale, eps, ci), LaplaceEvent(eps)
+    return StatNoise(s.name, "laplace", Grid(g, False), scale, eps, ci, sens_units)
 
 
-def _gaussian(stats: list[StatSpec], plan: Plan, eps: float, delta: float,
-              events: list[PrivacyEvent]) -> dict[str, StatNoise]:
+def _gaussian(stats: list[StatSpec], plan: Plan, eps: float, delta: float) -> list[StatNoise]:
     k = len(stats)
     # Each statistic is divided by its L2 sensitivity, so the joint vector has L2
     # sensitivity sqrt(k) and one calibration covers all of them.
     sigma_joint = analytic_gaussian_sigma(eps, delta, math.sqrt(k))
-    events.append(GaussianEvent(sigma_joint / math.sqrt(k), eps, delta))
-    out = {}
+    out = []
     for s in stats:
         l1, l2 = s.sensitivity(plan.max_rows, plan.max_groups)
         integral = _is_integral(s, plan) and sigma_joint * l2 <= MAX_DISCRETE_SCALE
@@ -233,5 +308,5 @@ def _gaussian(stats: list[StatSpec], plan: Plan, eps: float, delta: float,
             sens = grid_sensitivity(l2, g, plan.max_groups, "l2") / g
         sigma = sigma_joint * sens
         ci = rounded_ci95(gaussian_ci95(sigma * g), g, value_on_grid=False)
-        out[s.name] = StatNoise(s.name, "gaussian", Grid(g, integral), sigma, eps, ci)
+        out.append(StatNoise(s.name, "gaussian", Grid(g, integral), sigma, eps, ci, sens))
     return out

@@ -351,7 +351,7 @@ class Ledger(StateDB):
                          json.dumps([e.to_dict() for e in final.events]),
                          reservation.charge_id))
             for scope in self._scope_names(analyst):
-                eps, delta, n = self._totals(con, scope)
+                eps, delta, _ = self._totals(con, scope)
                 con.execute("UPDATE totals SET epsilon = ?, delta = ? WHERE scope = ?",
                             (str(eps - old_eps + new_eps), str(delta - old_delta + new_delta),
                              scope))

@@ -29,7 +29,7 @@ from sqlglot import exp
 from gateway import auth
 from gateway.calibrate import Calibration, calibrate, check_budget_request
 from gateway.engine import SourceTable, open_executor
-from gateway.errors import AuthError, GatewayError, InvalidRequest
+from gateway.errors import AuthError, GatewayError, InternalError, InvalidRequest
 from gateway.ledger import Analyst, AuditLine, Cost, Ledger
 from gateway.perturb import finish, from_domains, perturb
 from gateway.policy import Policy, load_policy
@@ -148,9 +148,16 @@ class Gateway:
     def plan(self, sql: str, *, dialect: str = "duckdb") -> Plan:
         """Parse, validate and analyze: a Plan or a QueryRejected, touching no data."""
         limits = self.policy.model.limits
-        tree = parse(sql, max_length=limits.max_sql_length, dialect=dialect)
-        tree = validate(tree, sql, self._tables, dialect)
-        return analyze(tree, sql, self._context)
+        try:
+            tree = parse(sql, max_length=limits.max_sql_length, dialect=dialect)
+            tree = validate(tree, sql, self._tables, dialect)
+            return analyze(tree, sql, self._context)
+        except GatewayError:
+            raise
+        except Exception as e:  # a planner bug; planning reads no data, so nothing leaks
+            log.exception("planning bug on %r", sql[:500])
+            raise InternalError(f"the gateway failed to plan this query ({type(e).__name__}); "
+                                "this is a bug and was logged for the operator") from None
 
     def _request(self, epsilon: float | None, delta: float | None, mechanism: str | None
                  ) -> tuple[float, float, str]:

@@ -45,9 +45,16 @@ def analyze(tree: exp.Select, sql: str, ctx: Context) -> Plan:
     scope = rel.scope(tree, ctes)
     aggregates = _aggregate_nodes(tree, sql)
     if not scope.protected:
+        # Only public relations are read; CTEs over protected data that the query
+        # does not use are dropped, so not even the engine's planner sees them.
+        public = tree.copy()
+        if with_ is not None:
+            kept = [c.copy() for c in with_.expressions if not ctes[c.alias_or_name.lower()]
+                    .protected]
+            public.set("with_", exp.With(expressions=kept) if kept else None)
         return Plan(sql=sql, with_=None, relation=tree, unit=None, tables=frozenset(),
                     max_rows=1, max_groups=1, keys=(), stats=(), aggs=(), post=tree,
-                    public_query=tree.copy())
+                    public_query=public)
     typer = rel.typer(scope)
     canon = canonical(scope, sql)
     keys = group_keys(tree, scope, aggregates, sql, typer, ctx.domains, canon)

@@ -385,7 +385,7 @@ class ValueBuilder:
         v, iv = self.value(node.this)
         if iv.empty:
             return exp.Pow(this=v, expression=e.copy()), iv
-        cands = [iv.lo ** n, iv.hi ** n] + ([0.0] if iv.lo <= 0 <= iv.hi else [])
+        cands = [_power(iv.lo, n), _power(iv.hi, n)] + ([0.0] if iv.lo <= 0 <= iv.hi else [])
         cands = [_nan_to(c, INF) for c in cands]
         return exp.Pow(this=v, expression=e.copy()), Interval(min(cands), max(cands), iv.integral)
 
@@ -452,6 +452,14 @@ class ValueBuilder:
 
     def _reject(self, node: exp.Expr, msg: str, hint: str) -> QueryRejected:
         return QueryRejected(msg, hint=hint, rule="unbounded", span=span_of(node, self.sql))
+
+
+def _power(x: float, n: int) -> float:
+    """x ** n for an interval end, infinite instead of an OverflowError."""
+    try:
+        return float(x) ** n
+    except OverflowError:
+        return INF if x > 0 or n % 2 == 0 else -INF
 
 
 def _number(v: float, integral: bool) -> exp.Expr:

@@ -38,7 +38,7 @@ class DomainFinder:
         self.limit = limit
         self._cache: dict[tuple[str, str], list[Any] | None] = {}
         self._domains: dict[tuple[str, tuple[ColInfo, ...]], list[Any] | None] = {}
-        self._types: dict[tuple[str, tuple[str, ...]], str] = {}
+        self._constants: dict[str, bool] = {}
         self._lock = threading.Lock()
         self._scratch = duckdb.connect(":memory:", config={
             "autoload_known_extensions": False, "autoinstall_known_extensions": False,
@@ -143,62 +143,29 @@ class DomainFinder:
                 cur.close()
         return out if len(out) <= self.limit else None
 
-    def expr_type(self, expr: exp.Expr, scope: Scope, sql: str) -> str:
-        """The policy type (int, float, text, bool, date, timestamp) of a row-level
-        expression, found by letting DuckDB type it over typed NULL columns; 'unknown'
-        if a column's type is unknown or the expression does not bind."""
-        bare = expr.unnest()
-        infos: list[ColInfo] = []
-        for col in bare.find_all(exp.Column):
-            _, info = scope.resolve(col, sql)
-            if all(i is not info for i in infos):
-                infos.append(info)
-        if any(i.type not in CANONICAL for i in infos):
-            return "unknown"
-        swapped = self._swapped(bare, scope, sql, tuple(infos))
-        memo_key = ("type:" + swapped.sql(dialect="duckdb"), tuple(i.type for i in infos))
-        with self._lock:
-            if memo_key in self._types:
-                return self._types[memo_key]
-        row = exp.select(*[exp.alias_(exp.Cast(this=exp.Null(), to=exp.DataType.build(
-            CANONICAL[i.type])), f"c{n}") for n, i in enumerate(infos)] or [exp.Null()])
-        query = exp.select(exp.Anonymous(this="typeof", expressions=[swapped])).from_(
-            row.subquery("t"))
-        found = "unknown"
-        with self._lock:
-            cur = self._scratch.cursor()
-            try:
-                (duck,), = cur.execute(query.sql(dialect="duckdb")).fetchall()
-                found = _policy_type(str(duck))
-            except duckdb.Error:
-                pass
-            finally:
-                cur.close()
-            self._types[memo_key] = found
-        return found
-
     def constant_ok(self, expr: exp.Expr) -> bool:
         """Does a constant expression (no columns) evaluate without error?  Checked
         at planning, so a bad literal is a rejection, not a charged engine error."""
         text = exp.select(expr.copy()).sql(dialect="duckdb")
         with self._lock:
+            known = self._constants.get(text)
+            if known is not None:
+                return known
             cur = self._scratch.cursor()
             try:
                 cur.execute(text).fetchall()
-                return True
+                ok = True
             except duckdb.Error:
-                return False
+                ok = False
             finally:
                 cur.close()
+            if len(self._constants) > 10_000:
+                self._constants.clear()
+            self._constants[text] = ok
+            return ok
 
     def close(self) -> None:
         self._scratch.close()
-
-
-def _policy_type(duck: str) -> str:
-    from gateway.engine.duckdb import policy_type
-
-    return policy_type(duck)
 
 
 def typed_literal(value: Any, kind: str) -> exp.Expr:

@@ -288,14 +288,14 @@ def _public_keys(select: exp.Select, scope: Scope, columns: dict[str, ColInfo]
 def _public_risks(select: exp.Select, scope: Scope) -> tuple[tuple[exp.Expr, str], ...]:
     """Parts of a public subquery whose errors a join with protected data could expose."""
     risks: list[tuple[exp.Expr, str]] = [r for rel in scope.relations.values() for r in rel.risks]
-    for node in select.find_all(exp.AggFunc):
-        if not isinstance(node, _SAFE_PUBLIC_AGGREGATES):
-            risks.append((node, f"uses {node.key.upper()}"))
+    for agg in select.find_all(exp.AggFunc):
+        if not isinstance(agg, _SAFE_PUBLIC_AGGREGATES):
+            risks.append((agg, f"uses {agg.key.upper()}"))
     for arg, word in (("having", "has HAVING"), ("order", "has ORDER BY"),
                       ("limit", "has LIMIT"), ("offset", "has OFFSET")):
-        node = select.args.get(arg)
-        if node is not None:
-            risks.append((node, word))
+        part = select.args.get(arg)
+        if part is not None:
+            risks.append((part, word))
     group = select.args.get("group")
     if group is not None:
         for g in group.expressions:

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from sqlglot import exp
 
@@ -54,13 +55,13 @@ ENGINE_TYPE = {"int": "BIGINT", "double": "DOUBLE", "decimal": "DOUBLE", "text":
 
 _INT_TYPES = {exp.DataType.Type.TINYINT, exp.DataType.Type.SMALLINT, exp.DataType.Type.INT,
               exp.DataType.Type.BIGINT}
-_CAST_TARGETS: dict[exp.DataType.Type, str] = {
+_CAST_TARGETS: dict[Any, str] = {  # sqlglot DataType.Type -> type here
     **{t: "int" for t in _INT_TYPES},
     exp.DataType.Type.FLOAT: "double", exp.DataType.Type.DOUBLE: "double",
     exp.DataType.Type.DECIMAL: "decimal", exp.DataType.Type.VARCHAR: "text",
     exp.DataType.Type.TEXT: "text", exp.DataType.Type.CHAR: "text",
     exp.DataType.Type.BOOLEAN: "bool", exp.DataType.Type.DATE: "date",
-    exp.DataType.Type.TIMESTAMP: "timestamp",
+    exp.DataType.Type.TIMESTAMP: "timestamp", exp.DataType.Type.TIMESTAMPNTZ: "timestamp",
 }
 
 _COMPARISONS = (exp.EQ, exp.NEQ, exp.GT, exp.GTE, exp.LT, exp.LTE, exp.NullSafeEQ,
@@ -132,6 +133,19 @@ class Typer:
     # -- typing ---------------------------------------------------------------------------
 
     def type_of(self, node: exp.Expr) -> Typed:
+        t = self._type_of(node)
+        if _constant(node) and not _leaf(node):
+            # A constant expression (no column) fails or not whatever the data holds,
+            # but the engine may evaluate it row by row, only on the rows that reach
+            # it: evaluate it now, and refuse it if it fails.
+            if not self.constant_ok(node):
+                raise self._reject(node, f"{node.sql(dialect='duckdb')} cannot be evaluated "
+                                   "(a constant of the wrong type, or an overflow)",
+                                   "fix the constant expression", rule="constant")
+            return Typed(t.kind, literal=t.literal, total=True)
+        return t
+
+    def _type_of(self, node: exp.Expr) -> Typed:
         if isinstance(node, exp.Paren):
             return self.type_of(node.this)
         if isinstance(node, exp.Column):
@@ -149,8 +163,8 @@ class Typer:
             return Typed("null", literal=True)
         if isinstance(node, exp.Neg):
             t = self._number(node.this, node, "the operand of -")
-            # -(-2^63) overflows a BIGINT; negating a double cannot fail.
-            return Typed(t.kind, t.literal, t.literal or (t.kind == "double" and t.total))
+            # -(-2^63) overflows a BIGINT: only a negated literal is total.
+            return Typed(t.kind, t.literal, t.literal)
         if isinstance(node, exp.Not):
             t = self._condition(node.this, "the operand of NOT")
             return Typed("bool", total=t.total)
@@ -310,8 +324,9 @@ class Typer:
     def _literal_converts(self, lit: exp.Expr, kind: str, parent: exp.Expr) -> None:
         cast = exp.Cast(this=lit.copy(), to=exp.DataType.build(ENGINE_TYPE[kind]))
         if not self.constant_ok(cast):
-            raise self._reject(parent, f"{lit.sql(dialect='duckdb')} is not {_kind_word(Typed(kind))}"
-                               f" value, but it is compared with {_kind_word(Typed(kind))}",
+            word = _kind_word(Typed(kind))
+            raise self._reject(parent, f"{lit.sql(dialect='duckdb')} is not {word} value, but "
+                               f"it is compared with {word}",
                                "write dates as 'YYYY-MM-DD', numbers as digits and booleans as "
                                "TRUE/FALSE", rule="constant")
 
@@ -380,7 +395,9 @@ class Typer:
 
     def _arith(self, node: exp.Expr) -> Typed:
         a, b = self.type_of(node.this), self.type_of(node.expression)
-        word = {exp.Add: "+", exp.Sub: "-", exp.Mul: "*", exp.Div: "/"}[type(node)]
+        words: dict[type[exp.Expr], str] = {exp.Add: "+", exp.Sub: "-", exp.Mul: "*",
+                                            exp.Div: "/"}
+        word = words[type(node)]
         literal = a.literal and b.literal
         if a.family in ("number", "null") and b.family in ("number", "null"):
             kind = "double" if isinstance(node, exp.Div) else _common({a.kind, b.kind} - {"null"})
@@ -502,6 +519,18 @@ class Typer:
     def _reject(self, node: exp.Expr, msg: str, hint: str, *, rule: str = "type_mismatch"
                 ) -> QueryRejected:
         return QueryRejected(msg, hint=hint, rule=rule, span=span_of(node, self.sql))
+
+
+def _leaf(node: exp.Expr) -> bool:
+    node = node.unnest()
+    if isinstance(node, exp.Neg):
+        node = node.this
+    return isinstance(node, exp.Literal | exp.Null | exp.Boolean | exp.DataType | exp.Var)
+
+
+def _constant(node: exp.Expr) -> bool:
+    return not any(isinstance(n, exp.Column | exp.Star | exp.Placeholder)
+                   for n in node.walk())
 
 
 def _common(kinds: set[str]) -> str:

@@ -64,7 +64,7 @@ _CAST_TYPES = frozenset({
     exp.DataType.Type.BIGINT, exp.DataType.Type.FLOAT, exp.DataType.Type.DOUBLE,
     exp.DataType.Type.DECIMAL, exp.DataType.Type.VARCHAR, exp.DataType.Type.TEXT,
     exp.DataType.Type.CHAR, exp.DataType.Type.BOOLEAN, exp.DataType.Type.DATE,
-    exp.DataType.Type.TIMESTAMP,
+    exp.DataType.Type.TIMESTAMP, exp.DataType.Type.TIMESTAMPNTZ,
 })
 
 _ALLOWED_SCHEMAS = frozenset({"", "public", "main"})

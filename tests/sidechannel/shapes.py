@@ -1,0 +1,233 @@
+"""Whole queries for the side-channel test: FROM shapes, query kinds, the gate.
+
+Every query is *gated on the victim*: its protected rows are restricted to unit
+``VICTIM`` (in WHERE, inside a CTE or subquery, or in an inner join's ON), so on
+D no row survives the gate and on D′ the victim's hostile rows reach every
+expression.  Anything observable that differs between the two runs is then the
+victim's doing.
+
+Shapes: one protected table; joins to the public table on its unique key, on a
+non-unique column, on non-equi conditions, LEFT, and chained; joins of the two
+protected tables on the unit (ON, USING, through a subquery that renames the
+unit, and through derived tables whose renamed columns make USING equate other
+columns); CTEs and subqueries in FROM.  Kinds: plain aggregates, GROUP BY with
+aggregates (HAVING, ORDER BY, LIMIT), SELECT DISTINCT and GROUP BY without
+aggregates, aggregates only in HAVING / ORDER BY, and wrappers around a DP query.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, replace
+
+from tests.sidechannel.data import VICTIM
+from tests.sidechannel.grammar import FLOAT, INT, TEXT, Col, Gen, table_cols
+
+
+@dataclass(frozen=True)
+class Query:
+    """A generated query and what the comparison needs to know about it."""
+
+    sql: str
+    shape: str  # source and query kind, for the report
+    n_keys: int  # the first n_keys output columns are group keys
+    keys_public: bool  # released key set and row count must match on D and D′
+    mechanism: str
+
+
+@dataclass(frozen=True)
+class Source:
+    """A FROM clause with the columns it brings into scope and where the gate goes."""
+
+    with_: str  # "WITH ... " or ""
+    from_: str
+    cols: list[Col]
+    gate: str | None  # the condition WHERE must add; None: gated inside already
+    label: str
+
+
+def _gate(ref: str, rng: random.Random) -> str:
+    return rng.choice([f"{ref} = {VICTIM}", f"{ref} = {VICTIM}", f"{VICTIM} = {ref}",
+                       f"{ref} IN ({VICTIM})", f"{ref} BETWEEN {VICTIM} AND {VICTIM}"])
+
+
+def _derived(rng: random.Random, table: str, alias: str, *, keep_unit: bool, gated: bool,
+             keep: list[str] | None = None) -> tuple[str, list[Col]]:
+    """``SELECT ... FROM table [WHERE gate]``: renamed columns keep their metadata,
+    computed ones are typed and, for public keys and bounded numbers, flagged."""
+    base = table_cols(table)
+    g = Gen(rng, base)
+    items: list[str] = []
+    cols: list[Col] = []
+    if keep_unit:
+        items.append("uid")
+        cols.append(Col(f"{alias}.uid", INT, unit=True))
+    chosen = rng.sample([c for c in base if not c.unit], rng.randint(2, 5))
+    chosen += [c for c in base if c.ref.split(".")[1] in (keep or []) and c not in chosen]
+    for c in chosen:
+        name = c.ref.split(".")[1]
+        new = f"{name}_{alias}" if rng.random() < 0.4 else name
+        items.append(name if new == name else f"{name} AS {new}")
+        cols.append(replace(c, ref=f"{alias}.{new}"))
+    for n in range(rng.randint(0, 2)):
+        r = rng.random()
+        if r < 0.35:
+            key = g.public_key()
+            items.append(f"{key.sql} AS pk{n}")
+            cols.append(Col(f"{alias}.pk{n}", key.type, public=key.public))
+        elif r < 0.7:
+            items.append(f"{g.num(1)} AS v{n}")
+            cols.append(Col(f"{alias}.v{n}", FLOAT, bounded=True))
+        else:
+            t = g.any_type()
+            items.append(f"{g.expr(t, 2)} AS e{n}")
+            cols.append(Col(f"{alias}.e{n}", t))
+    where = ""
+    if gated:
+        where = f" WHERE {_gate('uid', rng)}"
+        if rng.random() < 0.5:
+            where += f" AND {g.pred(2)}"
+    return f"SELECT {', '.join(items)} FROM {table}{where}", cols
+
+
+def source(rng: random.Random) -> Source:
+    """One of the FROM shapes the gateway accepts (or should refuse consistently)."""
+    t, t2, pub = table_cols("t"), table_cols("t2"), table_cols("pub", "p")
+    kind = rng.choices(
+        ["t", "t2", "pub", "unit_join", "derived", "cte", "cte_pub", "sub_join", "renamed"],
+        weights=[22, 6, 14, 12, 12, 12, 6, 10, 4])[0]
+    g = Gen(rng, t + t2)
+    if kind in ("t", "t2"):
+        cols = t if kind == "t" else t2
+        return Source("", kind, cols, _gate(f"{kind}.uid", rng), kind)
+    if kind == "pub":
+        on = rng.choice(["t.code = p.code", "t.code = p.code", "t.cat = p.region",
+                         "t.f > p.weight", "t.k = p.rank", "LOWER(t.code) = p.code",
+                         f"t.code = p.code AND {Gen(rng, t + pub).pred(1)}"])
+        side = rng.choice(["JOIN", "JOIN", "LEFT JOIN"])
+        label = "pub:" + ("unique" if on.startswith("t.code = p.code") else "other")
+        from_ = f"t {side} pub p ON {on}"
+        if rng.random() < 0.25:  # a second public join: fan-out multiplies
+            from_ += " JOIN pub p2 ON " + rng.choice(
+                ["p.code = p2.code", "p.region = p2.region", "t.cat = p2.region",
+                 "t.f > p2.weight"])
+            label += "+pub"
+        return Source("", from_, t + pub, _gate("t.uid", rng), label)
+    if kind == "unit_join":
+        form = rng.randrange(4)
+        if form == 0:
+            return Source("", "t JOIN t2 USING (uid)", t + t2[1:], _gate("t.uid", rng),
+                          "t*t2:using")
+        on = "t.uid = t2.uid"
+        if form == 1:
+            on += f" AND {g.pred(1)}"
+        if form == 2:  # the gate in an inner join's ON filters both sides
+            return Source("", f"t JOIN t2 ON {on} AND {_gate('t2.uid', rng)}", t + t2, None,
+                          "t*t2:on-gate")
+        side = "LEFT JOIN" if form == 3 else "JOIN"
+        return Source("", f"t {side} t2 ON {on}", t + t2, _gate("t.uid", rng), "t*t2:on")
+    if kind in ("derived", "cte", "cte_pub"):
+        table = "t" if rng.random() < 0.75 or kind == "cte_pub" else "t2"
+        gated = rng.random() < 0.7
+        body, cols = _derived(rng, table, "v", keep_unit=not gated or rng.random() < 0.5,
+                              gated=gated, keep=["code"] if kind == "cte_pub" else [])
+        gate = None if gated else _gate("v.uid", rng)
+        if kind == "derived":
+            return Source("", f"({body}) v", cols, gate, f"subquery({table})")
+        if kind == "cte":
+            return Source(f"WITH v AS ({body}) ", "v", cols, gate, f"cte({table})")
+        code = next(c.ref for c in cols if c.ref.endswith((".code", ".code_v")))
+        on = f"{code} = p.code" if rng.random() < 0.8 else rng.choice([f"{code} > p.code",
+                                                                        "TRUE"])
+        return Source(f"WITH v AS ({body}) ", f"v JOIN pub p ON {on}", cols + pub, gate,
+                      "cte*pub")
+    if kind == "sub_join":
+        body, cols = _derived(rng, "t2", "q", keep_unit=False, gated=False)
+        body = body.replace("SELECT ", "SELECT uid AS id, ", 1)
+        cols = [*cols, Col("q.id", INT, unit=True)]
+        return Source("", f"t JOIN ({body}) q ON t.uid = q.id", t + cols, _gate("t.uid", rng),
+                      "t*subquery(t2)")
+    # Derived tables that rename columns so USING equalities need not be unit = unit.
+    a_other = rng.choice(["i", "k", "n"])
+    b_other = rng.choice(["j", "uid"])
+    if rng.random() < 0.5:
+        a = f"SELECT uid AS x, {a_other} AS uid, f, cat FROM t"
+        b = f"SELECT uid, {b_other} AS x, x AS xv, tag FROM t2"
+        real = "a.x"  # the column that carries t.uid: the gate goes there
+    else:
+        a = f"SELECT uid, {a_other} AS x, f, cat FROM t"
+        b = f"SELECT uid AS x, {b_other} AS uid, x AS xv, tag FROM t2"
+        real = "a.uid"
+    cols = [Col("a.f", FLOAT, bounded=True), Col("a.cat", TEXT, public=True),
+            Col("b.xv", FLOAT, bounded=True), Col("b.tag", TEXT, public=True)]
+    return Source("", f"({a}) a JOIN ({b}) b USING (uid, x)", cols, _gate(real, rng),
+                  "renamed-using")
+
+
+def query(rng: random.Random) -> Query:
+    """One gated query: aggregates, keys, DISTINCT, HAVING/ORDER BY, wrappers."""
+    src = source(rng)
+    g = Gen(rng, src.cols)
+    conds = [src.gate] if src.gate else []
+    if rng.random() < 0.75:
+        conds.append(g.pred(2))
+    rng.shuffle(conds)
+    where = f" WHERE {' AND '.join(conds)}" if conds else ""
+    head = f"{src.with_}SELECT "
+    mechanism = "gaussian" if rng.random() < 0.25 else "laplace"
+    kind = rng.choices(["agg", "group", "distinct", "group_only", "hidden_aggs", "wrapped"],
+                       weights=[25, 35, 12, 8, 10, 10])[0]
+    n_keys = 0 if kind == "agg" else rng.choice([1, 1, 1, 2])
+    keys = [g.key() for _ in range(n_keys)]
+    key_items = [f"{k.sql} AS k{i}" for i, k in enumerate(keys)]
+    public = all(k.public for k in keys)
+    label = f"{src.label}|{kind}"
+    if kind == "distinct":
+        sql = f"{head}DISTINCT {', '.join(key_items)} FROM {src.from_}{where}"
+        return Query(sql, label, n_keys, public, mechanism)
+    group = " GROUP BY " + ", ".join(
+        rng.choice([str(i + 1), f"k{i}", k.sql]) for i, k in enumerate(keys)) if keys else ""
+    if kind == "group_only":
+        sql = f"{head}{', '.join(key_items)} FROM {src.from_}{where}{group}"
+        return Query(sql, label, n_keys, public, mechanism)
+    aggs = [f"{g.aggregate()} AS a{i}" for i in range(rng.randint(1, 3))]
+    if kind == "hidden_aggs":  # aggregates only in HAVING / ORDER BY
+        tail = ""
+        if rng.random() < 0.6:
+            tail += f" HAVING {g.aggregate()} > {rng.choice(['0', '-1', '2.5'])}"
+        if rng.random() < 0.7 or not tail:
+            tail += f" ORDER BY {g.aggregate()} {rng.choice(['ASC', 'DESC'])}"
+        sql = f"{head}{', '.join(key_items)} FROM {src.from_}{where}{group}{tail}"
+        return Query(sql, label, n_keys, public and "HAVING" not in tail, mechanism)
+    items = ", ".join(key_items + aggs)
+    tail = ""
+    if kind == "group" and rng.random() < 0.3:
+        tail += f" HAVING {g.aggregate()} {rng.choice(['>', '<'])} 1"
+    if kind == "group" and rng.random() < 0.4:
+        tail += f" ORDER BY {rng.choice(['a0', g.aggregate()])} DESC"
+    limited = kind == "group" and rng.random() < 0.15
+    if limited:
+        tail += " LIMIT 3"
+    sql = f"{head}{items} FROM {src.from_}{where}{group}{tail}"
+    comparable = public and "HAVING" not in tail and not limited
+    if kind == "wrapped":
+        outer = rng.choice(["", " WHERE w.a0 > 0", " ORDER BY w.a0 DESC LIMIT 5"])
+        if src.with_:  # the WITH clause must lead the whole statement
+            sql = f"{src.with_}SELECT * FROM ({sql[len(src.with_):]}) w{outer}"
+        else:
+            sql = f"SELECT * FROM ({sql}) w{outer}"
+        comparable = comparable and not outer
+    return Query(sql, label, n_keys, comparable, mechanism)
+
+
+def queries(seed: int, count: int) -> list[Query]:
+    """``count`` distinct queries from ``seed`` (a repeat would be a free cached answer)."""
+    rng = random.Random(seed)
+    seen: set[str] = set()
+    out: list[Query] = []
+    while len(out) < count:
+        q = query(rng)
+        if q.sql not in seen:
+            seen.add(q.sql)
+            out.append(q)
+    return out
