@@ -6,6 +6,13 @@ analyst did not mean to spend.  Value checks that depend on the policy (the
 per-query ε limits, the budget) stay in the core, so every adapter applies
 them the same way; here only what is true of any request is checked.
 
+Numbers that spend or shape privacy (ε, δ, the training hyper-parameters) are
+JSON numbers and nothing else: pydantic's lax mode would read ``true`` as 1.0
+and ``"0.5"`` as 0.5, so a client bug would spend budget nobody asked for.  A
+``null`` is refused too (omit the field to get the default): ``JSON.stringify``
+writes NaN and Infinity as ``null``, which must not turn into the policy default.
+Nothing is charged for a body refused here: validation runs before the route.
+
 Response models document the shapes the core's ``to_dict()`` methods produce;
 routes send those dicts as they are (no second serialisation pass).
 """
@@ -13,12 +20,60 @@ routes send those dicts as they are (no second serialisation pass).
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict
+from pydantic.json_schema import JsonDict
+from pydantic_core import PydanticCustomError
 
 SQL_EXAMPLE = "SELECT country, COUNT(*) AS n FROM visits GROUP BY country"
 MAX_PREDICT_ROWS = 10_000
+
+
+def _integral(value: Any) -> Any:
+    """3.0 is an integer in JSON Schema (and to the core's checks); 3.5 is not."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def _not_null(value: Any) -> Any:
+    if value is None:
+        raise PydanticCustomError(
+            "number_type", "Input should be a number; omit the field to use the default")
+    return value
+
+
+def _not_nullable(schema: JsonDict) -> None:
+    """Document the field as it validates: a number (or list) that may be left out."""
+    options = schema.pop("anyOf", None)
+    if isinstance(options, list):
+        for option in options:
+            if isinstance(option, dict) and option.get("type") != "null":
+                schema.update(option)
+    schema.pop("default", None)  # the default is "absent", not null
+
+
+Real = Annotated[float, Strict()]
+"""A JSON number, integer or not (strict: no booleans, no strings; finite by _Body)."""
+
+MAX_COUNT = 2**53
+"""Counts (batch size, units, rows, widths) become floats in the core: past 2**53 they
+are not even exact, and 10**400 would overflow there (a 500) instead of being a 422."""
+
+Count = Annotated[int, Strict(), Field(le=MAX_COUNT), BeforeValidator(_integral)]
+"""A JSON integer (or an integral float such as 3.0); no booleans, no strings."""
+
+OptReal = Annotated[Real | None, BeforeValidator(_not_null)]
+"""An optional number: absent means the default, ``null`` is refused."""
+
+OptCount = Annotated[Count | None, BeforeValidator(_not_null)]
+
+
+def _opt(description: str | None = None, **constraints: Any) -> Any:
+    """``Field`` of an optional number (omitted: None, which the core reads as its default)."""
+    return Field(default=None, description=description, json_schema_extra=_not_nullable,
+                 **constraints)
 
 
 class _Body(BaseModel):
@@ -35,8 +90,8 @@ class QueryRequest(_Body):
     ]})
 
     sql: str = Field(min_length=1, description="one SELECT statement (DuckDB dialect)")
-    epsilon: float | None = Field(default=None, gt=0, description="ε to spend on this query")
-    delta: float | None = Field(default=None, ge=0, lt=1, description="δ to spend")
+    epsilon: OptReal = _opt("ε to spend on this query (a JSON number)", gt=0)
+    delta: OptReal = _opt("δ to spend (a JSON number)", ge=0, lt=1)
     mechanism: Literal["laplace", "gaussian"] | None = Field(
         default=None, description="noise distribution (gaussian needs δ > 0)")
 
@@ -218,30 +273,25 @@ class ModelRequest(_Body):
     sql: str = Field(min_length=1, description="a row-wise SELECT of features and the label")
     label: str = Field(min_length=1, description="the column to predict")
     model: str = Field(default="logistic", description="linear, logistic, softmax or mlp")
-    epsilon: float | None = Field(default=None, gt=0,
-                                  description="total ε (or give noise_multiplier)")
-    delta: float | None = Field(default=None, ge=0, lt=1, description="δ (> 0 for DP-SGD)")
-    epochs: float | None = Field(default=None, description="expected passes over the units")
-    batch_size: int | None = Field(default=None, description="expected units per step")
-    clip: float | None = Field(default=None, description="per-unit gradient norm bound C")
-    learning_rate: float | None = None
+    epsilon: OptReal = _opt("total ε (or give noise_multiplier)", gt=0)
+    delta: OptReal = _opt("δ (> 0 for DP-SGD)", ge=0, lt=1)
+    epochs: OptReal = _opt("expected passes over the units")
+    batch_size: OptCount = _opt("expected units per step")
+    clip: OptReal = _opt("per-unit gradient norm bound C")
+    learning_rate: OptReal = _opt()
     optimizer: str | None = Field(default=None, description="adam or sgd")
-    momentum: float | None = Field(default=None, description="sgd only")
-    noise_multiplier: float | None = Field(default=None, description="σ; solved from ε if "
-                                           "omitted")
-    hidden: list[int] | None = Field(default=None, max_length=8,
-                                     description="mlp only: hidden layer widths")
+    momentum: OptReal = _opt("sgd only")
+    noise_multiplier: OptReal = _opt("σ; solved from ε if omitted")
+    hidden: Annotated[list[Count] | None, BeforeValidator(_not_null)] = _opt(
+        "mlp only: hidden layer widths", max_length=8)
     activation: str | None = Field(default=None, description="mlp only")
-    l2: float | None = None
-    average: float | None = Field(default=None, description="EMA of iterates (0: last)")
-    units: int | None = Field(default=None, description="a public estimate of the number of "
-                              "units (skips the DP count)")
-    count_epsilon: float | None = None
-    holdout: float | None = Field(default=None, description="fraction held out for a DP "
-                                  "evaluation")
-    eval_epsilon: float | None = None
-    max_rows_per_unit: int | None = Field(default=None, description="may only lower the "
-                                          "policy's bound")
+    l2: OptReal = _opt()
+    average: OptReal = _opt("EMA of iterates (0: last)")
+    units: OptCount = _opt("a public estimate of the number of units (skips the DP count)")
+    count_epsilon: OptReal = _opt()
+    holdout: OptReal = _opt("fraction held out for a DP evaluation")
+    eval_epsilon: OptReal = _opt()
+    max_rows_per_unit: OptCount = _opt("may only lower the policy's bound")
 
     def hyper(self) -> dict[str, Any]:
         """The hyper-parameters that were given (the core applies its defaults to the rest)."""
