@@ -7,11 +7,13 @@ lock for the whole check-then-insert; WAL with ``synchronous=FULL`` makes a
 committed charge survive a crash.  A crash between charge and release loses
 budget, never privacy.  There are no refunds once data was touched.
 
-Budget checks compose exactly (Decimal basic composition) first, which is O(1)
-from running totals, then by advanced composition from running sums of ε² and
-ε·tanh(ε/2) (also O(1)); only when neither fits does the PLD accountant
-(tight, via dp-accounting) decide, from an in-memory accountant per scope that
-catches up with charges other processes committed.
+Admission is the privacy filter of :func:`gateway.privacy.accountant.fits`
+(basic composition, or a Rényi filter when the policy reserves a δ share for
+it), valid when each query's ε is chosen after seeing earlier answers.  The
+ledger only persists what the filter needs, per scope (analyst, dataset): exact
+decimal totals of ε and δ and the running sums of the events' Rényi bounds.
+The PLD composition of the recorded events is reported beside it, labelled as
+the figure that holds only for parameters fixed in advance.
 """
 
 from __future__ import annotations
@@ -27,8 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.errors import BudgetExceeded, InvalidRequest, LedgerUnavailable, NotFound
-from gateway.privacy.accountant import Accountant
-from gateway.privacy.composition import Moments, advanced_epsilon
+from gateway.privacy.accountant import Accountant, FilterBudget, Sums, certified, fits
 from gateway.privacy.events import PrivacyEvent, event_from_dict
 from gateway.statedb import OWNER, StateDB, alive
 
@@ -63,11 +64,16 @@ class Cost:
 
 @dataclass(frozen=True)
 class Spent:
+    """A scope's budget as reported: what the filter certifies, and the PLD figure."""
+
     epsilon_total: float
     delta_total: float
     epsilon_spent: float
     delta_spent: float
     charges: int
+    # PLD composition at δ_total, valid only for parameters fixed in advance: reported,
+    # never used to admit (None until a good part of the budget is used).
+    epsilon_nonadaptive: float | None = None
 
     @property
     def epsilon_remaining(self) -> float:
@@ -81,7 +87,8 @@ class Spent:
         return {"epsilon_total": self.epsilon_total, "delta_total": self.delta_total,
                 "epsilon_spent": self.epsilon_spent, "delta_spent": self.delta_spent,
                 "epsilon_remaining": self.epsilon_remaining,
-                "delta_remaining": self.delta_remaining, "charges": self.charges}
+                "delta_remaining": self.delta_remaining, "charges": self.charges,
+                "epsilon_pld_nonadaptive": self.epsilon_nonadaptive}
 
 
 @dataclass(frozen=True)
@@ -124,18 +131,21 @@ class _Scope:
 
 class Ledger(StateDB):
     def __init__(self, path: Path, dataset: str, dataset_budget: tuple[float, float],
-                 default_analyst_budget: tuple[float, float]) -> None:
+                 default_analyst_budget: tuple[float, float], renyi_share: float = 0.0
+                 ) -> None:
         super().__init__(path)
         self.dataset = dataset
         self.dataset_budget = dataset_budget
         self.default_budget = default_analyst_budget
+        self.renyi_share = renyi_share
         self._scopes: dict[str, _Scope] = {}
         self._scope_lock = threading.Lock()
         # Spent totals only change with new charges: memoised by the charge count.
         self._spent_memo: dict[tuple[str, int, tuple[float, float]], Spent] = {}
-        if "moments" in self.created:
+        if "filters" in self.created:
             with self._write() as con:
-                self._rebuild_moments(con)
+                for (scope,) in con.execute("SELECT scope FROM totals").fetchall():
+                    self._rebuild_filter(con, scope)
 
     # -- analysts ----------------------------------------------------------------
 
@@ -234,37 +244,43 @@ class Ledger(StateDB):
             return Decimal(0), Decimal(0), 0
         return Decimal(row[0]), Decimal(row[1]), int(row[2])
 
-    def _moments(self, con: sqlite3.Connection, scope: str) -> Moments:
-        row = con.execute("SELECT sq, th, dl FROM moments WHERE scope = ?", (scope,)).fetchone()
-        return Moments(*row) if row is not None else Moments()
+    def _filter(self, con: sqlite3.Connection, scope: str, budget: tuple[float, float]
+                ) -> tuple[Sums, FilterBudget]:
+        """The scope's running sums, and its budget with the δ share fixed at its first
+        charge (a filter's parameters may not change once answers have been seen)."""
+        row = con.execute("SELECT spent, renyi_share FROM filters WHERE scope = ?",
+                          (scope,)).fetchone()
+        if row is None:
+            return Sums(), FilterBudget(budget[0], budget[1], self.renyi_share)
+        return Sums.from_json(json.loads(row[0])), FilterBudget(budget[0], budget[1], row[1])
 
-    def _rebuild_moments(self, con: sqlite3.Connection) -> None:
-        """State files from before the moments table: recompute it from the charges."""
-        sums: dict[str, Moments] = {}
-        rows = con.execute("SELECT dataset, analyst, events FROM charges").fetchall()
-        for dataset, analyst, text in rows:
-            for scope in (f"analyst:{dataset}:{analyst}", f"dataset:{dataset}"):
-                for e in json.loads(text):
-                    event = event_from_dict(e)
-                    sums[scope] = sums.get(scope, Moments()).plus(event.epsilon, event.delta)
-        for scope, m in sums.items():
-            con.execute("INSERT OR REPLACE INTO moments VALUES (?, ?, ?, ?)",
-                        (scope, m.sq, m.th, m.delta))
+    def _store_filter(self, con: sqlite3.Connection, scope: str, sums: Sums,
+                      share: float) -> None:
+        con.execute("INSERT OR REPLACE INTO filters (scope, spent, renyi_share) VALUES "
+                    "(?, ?, ?)", (scope, json.dumps(sums.to_json()), share))
+
+    def _rebuild_filter(self, con: sqlite3.Connection, scope: str) -> None:
+        """Recompute a scope's sums from its charges (old state files, settled charges)."""
+        if scope.startswith("dataset:"):
+            rows = con.execute("SELECT epsilon, delta, events FROM charges WHERE dataset = ? "
+                               "ORDER BY id", (self.dataset,)).fetchall()
+        else:
+            analyst = scope.split(":", 2)[2]
+            rows = con.execute("SELECT epsilon, delta, events FROM charges WHERE dataset = ? "
+                               "AND analyst = ? ORDER BY id", (self.dataset, analyst)).fetchall()
+        found = con.execute("SELECT renyi_share FROM filters WHERE scope = ?",
+                            (scope,)).fetchone()
+        share = found[0] if found is not None else self.renyi_share
+        sums = Sums()
+        for eps, delta, text in rows:
+            sums = sums.plus([event_from_dict(e) for e in json.loads(text)], float(eps),
+                             float(delta))
+        self._store_filter(con, scope, sums, share)
 
     def _fits(self, con: sqlite3.Connection, scope: str, budget: tuple[float, float],
               cost: Cost) -> bool:
-        eps, delta, _ = self._totals(con, scope)
-        if eps + dec(cost.epsilon) <= dec(budget[0]) and delta + dec(cost.delta) <= dec(budget[1]):
-            return True  # basic composition suffices: O(1)
-        if budget[1] <= 0:
-            return False
-        moments = self._moments(con, scope)
-        for e in cost.events:
-            moments = moments.plus(e.epsilon, e.delta)
-        if advanced_epsilon(moments, budget[1]) <= budget[0]:
-            return True  # advanced composition from running sums: still O(1)
-        state = self._catch_up(con, scope)
-        return state.accountant.pld_epsilon(budget[1], cost.events) <= budget[0]
+        sums, filter_budget = self._filter(con, scope, budget)
+        return fits(sums.plus(cost.events, cost.epsilon, cost.delta), filter_budget)
 
     def reserve(self, analyst: Analyst, query_id: str, kind: str, sql: str, cost: Cost,
                 answer_key: str | None = None, wait_s: float = 120.0) -> Reservation:
@@ -303,12 +319,12 @@ class Ledger(StateDB):
                  repr(float(cost.delta)), json.dumps([e.to_dict() for e in cost.events]),
                  time.time()))
             charge_id = cur.lastrowid
-            for scope in (a_scope, d_scope):
-                m = self._moments(con, scope)
-                for e in cost.events:
-                    m = m.plus(e.epsilon, e.delta)
-                con.execute("INSERT OR REPLACE INTO moments VALUES (?, ?, ?, ?)",
-                            (scope, m.sq, m.th, m.delta))
+            for scope, budget in ((a_scope, (analyst.epsilon, analyst.delta)),
+                                  (d_scope, self.dataset_budget)):
+                sums, filter_budget = self._filter(con, scope, budget)
+                self._store_filter(con, scope, sums.plus(cost.events, cost.epsilon,
+                                                         cost.delta),
+                                   filter_budget.renyi_share)
                 eps, delta, n = self._totals(con, scope)
                 con.execute("INSERT OR REPLACE INTO totals (scope, epsilon, delta, n) VALUES "
                             "(?, ?, ?, ?)", (scope, str(eps + dec(cost.epsilon)),
@@ -355,7 +371,7 @@ class Ledger(StateDB):
                 con.execute("UPDATE totals SET epsilon = ?, delta = ? WHERE scope = ?",
                             (str(eps - old_eps + new_eps), str(delta - old_delta + new_delta),
                              scope))
-            self._rebuild_moments(con)
+                self._rebuild_filter(con, scope)
         self._spent_memo.clear()
         with self._scope_lock:
             # In-memory accountants saw the reserved events; rebuild them.  (Another
@@ -412,22 +428,16 @@ class Ledger(StateDB):
 
     def _compute_spent(self, con: sqlite3.Connection, scope: str, budget: tuple[float, float],
                        eps: Decimal, delta: Decimal, n: int) -> Spent:
-        basic = (float(eps), float(delta))
-        best = basic if delta <= dec(budget[1]) else (math.inf, math.inf)
-        # The PLD total costs a convolution per new charge; it only changes what is
-        # reported (never what fits: reserve() decides on its own) and it matters
-        # once a good part of the budget is used, so below half of it, basic is shown.
-        worth_it = best[0] >= 0.5 * budget[0]
-        if budget[1] > 0 and n and worth_it:
+        sums, filter_budget = self._filter(con, scope, budget)
+        best = certified(sums, filter_budget)
+        # The PLD figure costs a convolution per new charge and only informs; it is
+        # computed once a good part of the budget is used.
+        pld = None
+        if budget[1] > 0 and n and best[0] >= 0.5 * budget[0]:
             state = self._catch_up(con, scope)
-            pld = state.accountant.pld_epsilon(budget[1])
-            # Report the PLD total only when it is clearly tighter: it is stated at
-            # the whole δ budget, which reads oddly for a few pure-ε queries.
-            if pld < best[0] - max(1e-3, 1e-3 * best[0]) or not math.isfinite(best[0]):
-                best = (pld, budget[1])
-        if not math.isfinite(best[0]):
-            best = basic
-        return Spent(budget[0], budget[1], best[0], best[1], n)
+            value = state.accountant.pld_epsilon(budget[1])
+            pld = value if math.isfinite(value) else None
+        return Spent(budget[0], budget[1], best[0], best[1], n, pld)
 
     def spent(self, analyst: Analyst) -> tuple[Spent, Spent]:
         a_scope, d_scope = self._scope_names(analyst.name)

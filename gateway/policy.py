@@ -218,6 +218,10 @@ class Budget(_Strict):
 class BudgetSpec(_Strict):
     dataset: Budget
     per_analyst: Budget
+    renyi_share: float = Field(
+        default=0.0, ge=0.0, lt=1.0,
+        description="share of each δ budget reserved for the Rényi branch of the privacy "
+        "filter (0: basic composition only); events may then use the rest of δ")
 
 
 class Defaults(_Strict):

@@ -81,7 +81,8 @@ class Gateway:
         self.post = PostProcessor()
         self.ledger = Ledger(state, policy.dataset,
                              (model.budget.dataset.epsilon, model.budget.dataset.delta),
-                             (model.budget.per_analyst.epsilon, model.budget.per_analyst.delta))
+                             (model.budget.per_analyst.epsilon, model.budget.per_analyst.delta),
+                             model.budget.renyi_share)
         self._context = Context(policy, self.executor.table_columns,
                                 self.executor.unique_columns, self.domains,
                                 self.executor.is_nan, self.executor.guard)

@@ -17,11 +17,22 @@ from gateway.privacy.events import LaplaceEvent
 from tests.support import web_policy
 
 
-def _ledger(tmp_path: Path, analyst: tuple[float, float], dataset: tuple[float, float] = (1e9, 0.5)
-            ) -> Ledger:
-    led = Ledger(tmp_path / "state.db", "web", dataset, analyst)
+def _ledger(tmp_path: Path, analyst: tuple[float, float], dataset: tuple[float, float] = (1e9, 0.5),
+            renyi_share: float = 0.0) -> Ledger:
+    led = Ledger(tmp_path / "state.db", "web", dataset, analyst, renyi_share)
     led.ensure_analyst("alice")
     return led
+
+
+def _fill(led: Ledger, cost: Cost, limit: int = 1000) -> int:
+    alice = led.analyst("alice")
+    assert alice is not None
+    n = 0
+    with pytest.raises(BudgetExceeded):
+        while n < limit:
+            led.reserve(alice, f"q{n}", "query", "q", cost)
+            n += 1
+    return n
 
 
 def test_ten_charges_of_point_one_fit_exactly_one(tmp_path: Path) -> None:
@@ -38,21 +49,51 @@ def test_ten_charges_of_point_one_fit_exactly_one(tmp_path: Path) -> None:
     assert mine.epsilon_spent == pytest.approx(1.0) and mine.epsilon_remaining == 0.0
 
 
-def test_pld_composition_gives_many_more_small_queries(tmp_path: Path) -> None:
-    """~330 Laplace releases of epsilon 0.1 fit in (10, 1e-6); basic composition
-    would allow 100."""
+def test_admission_is_basic_composition_by_default(tmp_path: Path) -> None:
+    """Basic composition is a valid filter when each ε is chosen after earlier answers:
+    exactly 100 Laplace releases of ε = 0.1 fit in (10, 1e-6).  The PLD composition
+    (~330) holds only for parameters fixed in advance: reported, labelled, not used."""
     led = _ledger(tmp_path, (10.0, 1e-6), (10.0, 1e-6))
+    n = _fill(led, Cost(0.1, 0.0, (LaplaceEvent(0.1),)))
+    assert n == 100
     alice = led.analyst("alice")
     assert alice is not None
-    cost = Cost(0.1, 0.0, (LaplaceEvent(0.1),))
-    n = 0
-    with pytest.raises(BudgetExceeded):
-        while n < 1000:
-            led.reserve(alice, f"q{n}", "query", "q", cost)
-            n += 1
-    assert 300 <= n <= 380
     mine, dataset = led.spent(alice)
-    assert mine.epsilon_spent <= 10.0 and dataset.charges == n
+    assert mine.epsilon_spent == pytest.approx(10.0) and dataset.charges == n
+    assert mine.epsilon_nonadaptive is not None and 4.0 < mine.epsilon_nonadaptive < 5.0
+    assert "epsilon_pld_nonadaptive" in mine.to_dict()
+
+
+def test_a_renyi_share_admits_more_small_queries(tmp_path: Path) -> None:
+    """With half of δ reserved for the Rényi branch, the filter admits far more small
+    queries, each still certified within (10, 1e-6)."""
+    led = _ledger(tmp_path, (10.0, 1e-6), (10.0, 1e-6), renyi_share=0.5)
+    n = _fill(led, Cost(0.1, 0.0, (LaplaceEvent(0.1),)))
+    assert 230 <= n <= 330  # 239: more than twice basic composition
+    alice = led.analyst("alice")
+    assert alice is not None
+    mine, _ = led.spent(alice)
+    assert mine.epsilon_spent <= 10.0 and mine.delta_spent <= 1e-6
+
+
+@pytest.mark.parametrize("share", [0.0, 0.5])
+def test_an_adaptively_chosen_second_query_is_refused(tmp_path: Path, share: float) -> None:
+    """Budget (1, 0.01): after a COUNT at ε = 0.02 the PLD accountant admitted a second
+    query at ε = 1.007 (Laplace) or (1.15, 0.005) (Gaussian) chosen from the first
+    answer; that transcript is only (1, 0.0144)-DP.  The filter refuses both."""
+    from gateway.privacy.calibration import analytic_gaussian_sigma
+    from gateway.privacy.events import GaussianEvent
+
+    led = _ledger(tmp_path, (1.0, 0.01), (1e9, 0.5), renyi_share=share)
+    alice = led.analyst("alice")
+    assert alice is not None
+    led.reserve(alice, "first", "query", "q", Cost(0.02, 0.0, (LaplaceEvent(0.02),)))
+    with pytest.raises(BudgetExceeded):
+        led.reserve(alice, "second", "query", "q", Cost(1.007, 0.0, (LaplaceEvent(1.007),)))
+    sigma = analytic_gaussian_sigma(1.15, 0.005, 1.0)
+    with pytest.raises(BudgetExceeded):
+        led.reserve(alice, "third", "query", "q",
+                    Cost(1.15, 0.005, (GaussianEvent(sigma, 1.15, 0.005),)))
 
 
 def test_dataset_budget_limits_all_analysts(tmp_path: Path) -> None:
@@ -175,27 +216,14 @@ def test_audit_records_every_request(tmp_path: Path) -> None:
         assert log[0]["epsilon"] == 0.1 and log[1]["epsilon"] == 0.0
 
 
-def test_advanced_composition_admits_without_the_pld_accountant(tmp_path: Path) -> None:
-    """Basic composition is exceeded but advanced composition (running sums) fits: the
-    query is admitted without building any PLD."""
-    led = _ledger(tmp_path, (5.0, 1e-6), (1e9, 1e-3))
-    alice = led.analyst("alice")
-    assert alice is not None
-    cost = Cost(0.05, 0.0, (LaplaceEvent(0.05),))
-    for i in range(120):  # basic: 6.0 > 5.0; advanced ≈ 3.7
-        led.reserve(alice, f"q{i}", "query", "q", cost)
-    state = led._scopes.get("analyst:web:alice")
-    assert state is None or len(state.accountant) == 0
-
-
-def test_moments_are_rebuilt_for_old_state_files(tmp_path: Path) -> None:
+def test_filter_sums_are_rebuilt_for_old_state_files(tmp_path: Path) -> None:
     led = _ledger(tmp_path, (100.0, 1e-6))
     alice = led.analyst("alice")
     assert alice is not None
     for i in range(3):
         led.reserve(alice, f"q{i}", "query", "q", Cost(0.5, 0.0, (LaplaceEvent(0.5),)))
-    before = led._moments(led._con(), "analyst:web:alice")
-    led._con().execute("DROP TABLE moments")
+    before = led._filter(led._con(), "analyst:web:alice", (100.0, 1e-6))
+    led._con().execute("DROP TABLE filters")
     led.close()
     again = Ledger(tmp_path / "state.db", "web", (1e9, 0.5), (100.0, 1e-6))
-    assert again._moments(again._con(), "analyst:web:alice") == before
+    assert again._filter(again._con(), "analyst:web:alice", (100.0, 1e-6)) == before

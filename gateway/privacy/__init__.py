@@ -12,7 +12,7 @@ Only numpy, scipy, dp_accounting and the standard library are imported here.
 
 from __future__ import annotations
 
-from gateway.privacy.accountant import Accountant, BudgetCheck
+from gateway.privacy.accountant import Accountant, FilterBudget, Sums, fits
 from gateway.privacy.calibration import (
     analytic_gaussian_sigma,
     choose_grid,
@@ -58,8 +58,8 @@ from gateway.privacy.samplers import (
 __all__ = [
     "Accountant",
     "ApproxDpEvent",
-    "BudgetCheck",
     "DiscreteLaplaceEvent",
+    "FilterBudget",
     "GaussianEvent",
     "LaplaceEvent",
     "PrivacyEvent",
@@ -67,6 +67,7 @@ __all__ = [
     "SecureRandom",
     "SeededRandom",
     "SubsampledGaussianEvent",
+    "Sums",
     "analytic_gaussian_sigma",
     "bernoulli",
     "choose_grid",
@@ -76,6 +77,7 @@ __all__ = [
     "dp_sgd_epsilon",
     "dp_sgd_epsilon_rdp",
     "event_from_dict",
+    "fits",
     "gaussian_ci95",
     "gaussian_delta",
     "grid_sensitivity",

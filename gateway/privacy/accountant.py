@@ -1,33 +1,38 @@
-"""Composition of privacy events: basic (exact, Decimal) and PLD (tight).
+"""Composition of privacy events: the admission filter, and the PLD report.
 
-The ledger asks one question before every release: "if these new events are
-added to everything already released from this dataset (or by this analyst),
-is the total still within (ε_budget, δ_budget)?"  Two valid answers exist:
+**Admission** (:func:`fits`) must be valid when analysts choose each query, and
+its ε, after seeing every earlier answer.  Composition theorems for parameters
+fixed in advance (advanced composition, the PLD total) are not theorems in that
+setting (Rogers, Roth, Ullman & Vadhan, "Privacy odometers and filters",
+NeurIPS 2016), so admission is a *privacy filter*:
 
-* basic composition (Dwork et al. 2006): (Σε, Σδ), exact in Decimal, valid for
-  the budget only when Σδ ≤ δ_budget; the only option when δ_budget = 0;
-* PLD composition (Meiser & Mohammadi, CCS 2018; Koskela et al., AISTATS 2020;
-  Doroshenko et al., "Connect the dots", PoPETs 2022) via ``dp_accounting``:
-  (ε_PLD(δ_budget), δ_budget).  The discretisation is pessimistic, so it stays
-  an upper bound, just a slightly loose one.
+* **basic composition**: Σε ≤ ε_B and Σδ ≤ δ_B — valid under full adaptivity
+  (Rogers et al. 2016);
+* optionally, a **Rényi filter** over a fixed set of orders Λ, when the policy
+  reserves a share δ_R of the δ budget for it (``budget.renyi_share``).  For each
+  order α the process exp((α−1)(L_n − Σ_{i≤n} ρ_i(α))), L_n the privacy loss
+  and ρ_i the i-th event's Rényi bound chosen before it runs, is a nonnegative
+  supermartingale (the argument of Feldman & Zrnic, NeurIPS 2021).  Ville's
+  inequality and a union bound over Λ give, with probability ≥ 1 − δ_R,
+  *simultaneously for all n*: L_n < Σ_i ρ_i(α) + log(|Λ|/δ_R)/(α−1) for every α.
+  So stopping as soon as no α keeps that bound within ε_B is valid, and so is
+  taking it *or* basic composition (for pure events basic bounds L_n surely).
+  Events known only by (ε, δ) (partition selection) enter with the Rényi bound
+  of an ε-DP mechanism and their δ composed apart: every event's nominal δ is
+  capped *in both branches* at Σδ ≤ δ_B − δ_R, which is what makes the union of
+  the two branches valid (the δ share is fixed before any query, never chosen
+  after an answer).  The result is (ε_B, δ_B)-DP.
 
-We report whichever gives the smaller ε, so PLD is never looser than basic.
-For example 330 Laplace releases at ε = 0.1 compose to ε ≈ 9.53 at δ = 1e-6
-(basic: 33), so they fit a budget of (10, 1e-6).
+**Reporting**: the PLD accountant (Meiser & Mohammadi, CCS 2018; Koskela et
+al., AISTATS 2020; Doroshenko et al., "Connect the dots", PoPETs 2022, via
+``dp_accounting``) composes the recorded events tightly *as if* their parameters
+had been fixed in advance.  It is reported, labelled non-adaptive, and never
+used to admit a query.
 
-Speed: identical events are grouped and composed with ``self_compose`` (an FFT
-power, far faster than one-by-one) and the composition of all recorded events
-is cached, so checking a new query costs one ``compose`` plus one ε(δ) lookup
-(~1-5 ms with 10,000 recorded events at the default interval of 1e-3).
-
-Caveat for the caller: the PLD total is the composition theorem for a
-sequence of mechanisms whose privacy *parameters* are fixed in advance (their
-inputs may be adaptive).  When analysts choose ε after seeing earlier answers,
-basic composition is provably still valid as a privacy filter (Rogers, Roth,
-Ullman & Vadhan, "Privacy odometers and filters", NeurIPS 2016), and so are
-Rényi-DP filters (Feldman & Zrnic, NeurIPS 2021); using the PLD total as a
-filter is the common practice of dp-accounting based systems but is not
-covered by those theorems.
+Speed of the PLD report: identical events are grouped and composed with
+``self_compose`` (an FFT power) and the composition of all recorded events is
+cached, so adding a query costs one ``compose`` plus one ε(δ) lookup.  The
+filter itself is O(|Λ|) from running sums the ledger keeps.
 """
 
 from __future__ import annotations
@@ -38,16 +43,17 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 if TYPE_CHECKING:
     from dp_accounting.pld import privacy_loss_distribution as pld_lib
 
-from gateway.privacy.events import PrivacyEvent
+from gateway.privacy.events import ORDERS, PrivacyEvent
 
-__all__ = ["DEFAULT_DISCRETIZATION", "Accountant", "BudgetCheck", "epsilon_for_delta"]
+__all__ = ["DEFAULT_DISCRETIZATION", "Accountant", "FilterBudget", "Sums", "certified",
+           "epsilon_for_delta", "fits", "renyi_epsilon"]
 
 # 1e-3 costs < 0.01 in ε for hundreds of ε≈0.1 releases (9.5264 vs 9.5263 at
 # 1e-4 for the 330 × 0.1 example) and keeps a 10,000-event check at a few ms;
@@ -76,21 +82,85 @@ def _as_tuple(events: EventsArg) -> tuple[PrivacyEvent, ...]:
     return items
 
 
+# --------------------------------------------------------------------------- filter
+
+
 @dataclass(frozen=True)
-class BudgetCheck:
-    """Answer to "do existing + new events fit the budget?".
+class FilterBudget:
+    """A scope's budget and the share of its δ reserved for the Rényi branch (fixed
+    before the scope's first charge)."""
 
-    ``epsilon``/``delta`` are the tightest valid totals (the ones to report);
-    ``method`` says which composition produced them.
-    """
-
-    fits: bool
     epsilon: float
     delta: float
-    method: str  # "basic" or "pld"
-    basic_epsilon: Decimal
-    basic_delta: Decimal
-    pld_epsilon: float | None  # ε of the PLD composition at delta_budget; None if δ_budget == 0
+    renyi_share: float = 0.0
+
+    @property
+    def renyi_delta(self) -> float:
+        return self.delta * self.renyi_share
+
+    @property
+    def event_delta(self) -> Decimal:
+        """What the events' nominal δ may sum to."""
+        return _dec(self.delta) - _dec(self.renyi_delta)
+
+
+@dataclass(frozen=True)
+class Sums:
+    """Running sums of a scope's events, all the filter needs (the ledger persists them)."""
+
+    epsilon: Decimal = Decimal(0)  # Σ nominal ε
+    delta: Decimal = Decimal(0)  # Σ nominal δ
+    rdp: tuple[float, ...] = tuple(0.0 for _ in ORDERS)  # Σ Rényi bounds at ORDERS
+    count: int = 0
+
+    def plus(self, events: EventsArg, epsilon: float | None = None,
+             delta: float | None = None) -> Sums:
+        """Add events (a charge's nominal (ε, δ) may be given: it is what was charged)."""
+        new = _as_tuple(events)
+        eps = _dec(epsilon) if epsilon is not None else sum((_dec(e.epsilon) for e in new),
+                                                            Decimal(0))
+        dlt = _dec(delta) if delta is not None else sum((_dec(e.delta) for e in new),
+                                                        Decimal(0))
+        rdp = list(self.rdp)
+        for e in new:
+            rdp = [a + b for a, b in zip(rdp, e.rdp(), strict=True)]
+        return Sums(self.epsilon + eps, self.delta + dlt, tuple(rdp), self.count + 1)
+
+    def to_json(self) -> list[Any]:
+        return [str(self.epsilon), str(self.delta), list(self.rdp), self.count]
+
+    @classmethod
+    def from_json(cls, data: list[Any]) -> Sums:
+        return cls(Decimal(data[0]), Decimal(data[1]), tuple(float(x) for x in data[2]),
+                   int(data[3]))
+
+
+def renyi_epsilon(rdp: tuple[float, ...], renyi_delta: float) -> float:
+    """ε that the Rényi branch certifies for these sums (inf without a δ share)."""
+    if renyi_delta <= 0:
+        return math.inf
+    slack = math.log(len(ORDERS) / renyi_delta)
+    return min(r + slack / (a - 1.0) for r, a in zip(rdp, ORDERS, strict=True))
+
+
+def fits(spent: Sums, budget: FilterBudget) -> bool:
+    """May a scope that has spent ``spent`` (new events included) stop here within
+    budget?  The one admission rule of the gateway (see the module docstring)."""
+    if spent.delta > budget.event_delta:
+        return False
+    if spent.epsilon <= _dec(budget.epsilon):
+        return True
+    return renyi_epsilon(spent.rdp, budget.renyi_delta) <= budget.epsilon
+
+
+def certified(spent: Sums, budget: FilterBudget) -> tuple[float, float]:
+    """The tightest (ε, δ) the filter certifies for ``spent``: basic, or the Rényi
+    branch's ε at δ = Σδ + δ_R when that is smaller."""
+    basic = (float(spent.epsilon), float(spent.delta))
+    renyi = renyi_epsilon(spent.rdp, budget.renyi_delta)
+    if renyi < basic[0]:
+        return renyi, float(spent.delta) + budget.renyi_delta
+    return basic
 
 
 # --------------------------------------------------------------------------- ε(δ)
@@ -159,12 +229,12 @@ def epsilon_for_delta(pld: pld_lib.PrivacyLossDistribution, delta: float) -> flo
 
 
 class Accountant:
-    """A multiset of privacy events with cached PLD composition.
+    """A multiset of privacy events with cached PLD composition: the *non-adaptive*
+    figure the ledger reports beside what the filter certifies.
 
-    Not a ledger: it does not persist anything.  The ledger records events and
-    exact basic totals, rebuilds an ``Accountant`` from its events when needed
-    and calls :meth:`check` before reserving budget and :meth:`add` after
-    committing.  Methods are guarded by a lock, so one instance can be shared.
+    Not a ledger: it does not persist anything; the ledger rebuilds one from its
+    events and adds new ones as they are committed.  Methods are guarded by a
+    lock, so one instance can be shared.
     """
 
     def __init__(
@@ -275,86 +345,6 @@ class Accountant:
         if pld is None:
             return 0.0
         return epsilon_for_delta(pld, d)
-
-    # -- budget -----------------------------------------------------------
-
-    def spent(self, delta_budget: float) -> tuple[float, float]:
-        """Tightest (ε, δ) spent so far, judged against ``delta_budget``.
-
-        Basic (Σε, Σδ) if Σδ ≤ δ_budget, or PLD (ε(δ_budget), δ_budget),
-        whichever has the smaller ε (ties go to basic).  If neither fits
-        δ_budget the basic totals are returned, honestly over budget.
-        """
-        c = self.check((), math.inf, delta_budget)
-        return c.epsilon, c.delta
-
-    def check(
-        self,
-        new_events: EventsArg,
-        epsilon_budget: float,
-        delta_budget: float,
-        basic_spent: tuple[Decimal, Decimal] | None = None,
-    ) -> BudgetCheck:
-        """Would recorded + ``new_events`` stay within (ε_budget, δ_budget)?
-
-        ``basic_spent`` lets the ledger supply its own exact (Σε, Σδ) of the
-        recorded charges; by default the accountant's own Decimal totals are
-        used.  The PLD side always composes the recorded events.  The PLD
-        composition computed here is kept so a following :meth:`add` of the same
-        events costs nothing extra.
-        """
-        eps_budget = float(epsilon_budget)
-        dlt_budget = float(delta_budget)
-        if math.isnan(eps_budget) or eps_budget < 0.0:
-            raise ValueError(f"epsilon_budget must be >= 0, got {epsilon_budget!r}")
-        if not 0.0 <= dlt_budget < 1.0:
-            raise ValueError(f"delta_budget must be in [0, 1), got {delta_budget!r}")
-        new = _as_tuple(new_events)
-        base_eps, base_delta = basic_spent if basic_spent is not None else self.basic()
-        b_eps = Decimal(base_eps) + sum((_dec(e.epsilon) for e in new), Decimal(0))
-        b_delta = Decimal(base_delta) + sum((_dec(e.delta) for e in new), Decimal(0))
-
-        pld_eps: float | None = None
-        if dlt_budget > 0.0:
-            pld_eps = self.pld_epsilon(dlt_budget, new)
-
-        basic_valid = b_delta <= _dec(dlt_budget)
-        use_pld = (
-            pld_eps is not None
-            and math.isfinite(pld_eps)
-            and (not basic_valid or pld_eps < float(b_eps))
-        )
-        if use_pld:
-            assert pld_eps is not None
-            return BudgetCheck(
-                fits=pld_eps <= eps_budget,
-                epsilon=pld_eps,
-                delta=dlt_budget,
-                method="pld",
-                basic_epsilon=b_eps,
-                basic_delta=b_delta,
-                pld_epsilon=pld_eps,
-            )
-        fits = basic_valid and (math.isinf(eps_budget) or b_eps <= _dec(eps_budget))
-        return BudgetCheck(
-            fits=fits,
-            epsilon=float(b_eps),
-            delta=float(b_delta),
-            method="basic",
-            basic_epsilon=b_eps,
-            basic_delta=b_delta,
-            pld_epsilon=pld_eps,
-        )
-
-    def fits(
-        self,
-        new_events: EventsArg,
-        epsilon_budget: float,
-        delta_budget: float,
-        basic_spent: tuple[Decimal, Decimal] | None = None,
-    ) -> bool:
-        """Shorthand for ``check(...).fits``."""
-        return self.check(new_events, epsilon_budget, delta_budget, basic_spent).fits
 
 
 def _too_large(key: _Key) -> bool:

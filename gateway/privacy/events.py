@@ -70,12 +70,31 @@ def _int(name: str, value: Any) -> int:
     return value
 
 
+# Rényi orders the privacy filter tracks (gateway.privacy.accountant): from just
+# above 1 (where pure-ε-like events are cheap) to 256 (where the filter is within
+# log(|orders|/δ)/255 of basic composition for large events).
+ORDERS: tuple[float, ...] = (1.25, 1.5, 1.75, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0, 12.0,
+                             16.0, 20.0, 24.0, 32.0, 48.0, 64.0, 128.0, 256.0)
+
+
+def pure_rdp(epsilon: float, alpha: float) -> float:
+    """Rényi divergence bound of any ε-DP mechanism at order α: min(ε, α ε²/2)
+    (Mironov 2017, Prop. 3; Bun & Steinke 2016, Prop. 1.4 via zCDP)."""
+    return min(epsilon, alpha * epsilon * epsilon / 2.0)
+
+
 class PrivacyEvent:
     """Base of all events.  Subclasses are frozen dataclasses with a ``kind``."""
 
     kind: ClassVar[str]
     epsilon: float
     delta: float
+
+    def rdp(self) -> tuple[float, ...]:
+        """Rényi-DP bound at each of ORDERS, for the privacy filter.  The default, for
+        mechanisms known by their (ε, δ) only, is the bound of an ε-DP mechanism; their
+        δ is composed apart (the filter caps Σδ)."""
+        return tuple(pure_rdp(self.epsilon, a) for a in ORDERS)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict with a ``"kind"`` key; inverse of :func:`event_from_dict`."""
@@ -105,6 +124,18 @@ class LaplaceEvent(PrivacyEvent):
     @property
     def delta(self) -> float:  # type: ignore[override]
         return 0.0
+
+    def rdp(self) -> tuple[float, ...]:
+        # Exact for Laplace noise (Mironov 2017, Table II / Prop. 6):
+        # D_α = 1/(α−1) · log(α/(2α−1)·e^{(α−1)ε} + (α−1)/(2α−1)·e^{−αε}).
+        out = []
+        for a in ORDERS:
+            terms = (math.log(a / (2 * a - 1)) + (a - 1) * self.epsilon,
+                     math.log((a - 1) / (2 * a - 1)) - a * self.epsilon)
+            top = max(terms)
+            value = (top + math.log(sum(math.exp(t - top) for t in terms))) / (a - 1)
+            out.append(min(value, self.epsilon))
+        return tuple(out)
 
     def _build_pld(self, vdi: float) -> pld_lib.PrivacyLossDistribution:
         # Laplace(b) on sensitivity 1 with b = 1/ε (Koskela et al. / Doroshenko et
@@ -161,6 +192,10 @@ class GaussianEvent(PrivacyEvent):
                 f"noise_multiplier={self.noise_multiplier} only gives delta={actual:.3g} at "
                 f"epsilon={self.epsilon}, more than the stated delta={self.delta}"
             )
+
+    def rdp(self) -> tuple[float, ...]:
+        # Gaussian with σ/Δ2 = m: D_α = α / (2 m²) (Mironov 2017, Prop. 7).
+        return tuple(a / (2.0 * self.noise_multiplier ** 2) for a in ORDERS)
 
     def _build_pld(self, vdi: float) -> pld_lib.PrivacyLossDistribution:
         return _lazy.pld().from_gaussian_mechanism(
@@ -219,6 +254,9 @@ class SubsampledGaussianEvent(PrivacyEvent):
         self._set("epsilon", _float("epsilon", self.epsilon))
         self._set("delta", _delta(self.delta))
 
+    def rdp(self) -> tuple[float, ...]:
+        return _dp_sgd_rdp(self.noise_multiplier, self.sampling_rate, self.steps)
+
     def _build_pld(self, vdi: float) -> pld_lib.PrivacyLossDistribution:
         return _dp_sgd_pld(self.noise_multiplier, self.sampling_rate, self.steps, vdi)
 
@@ -274,6 +312,17 @@ def _check_sgd(noise_multiplier: float, sampling_rate: float, steps: int, delta:
     _int("steps", steps)
     if _delta(delta) == 0.0:
         raise ValueError("delta must be > 0 for DP-SGD accounting")
+
+
+@lru_cache(maxsize=256)
+def _dp_sgd_rdp(noise_multiplier: float, sampling_rate: float, steps: int
+                ) -> tuple[float, ...]:
+    """RDP of DP-SGD at ORDERS (Mironov, Talwar & Zhang 2019, via dp-accounting)."""
+    accountant = _lazy.rdp().RdpAccountant(list(ORDERS))
+    event = _lazy.dp_event().PoissonSampledDpEvent(
+        sampling_rate, _lazy.dp_event().GaussianDpEvent(noise_multiplier))
+    accountant.compose(event, steps)
+    return tuple(float(v) for v in accountant._rdp)  # per-order values, in ORDERS' order
 
 
 def _dp_sgd_pld(

@@ -51,7 +51,7 @@ _SCALARS: tuple[type[exp.Expr], ...] = (
     exp.Left, exp.Right, exp.StartsWith, exp.EndsWith, exp.Contains,
     # dates
     exp.TimestampTrunc, exp.DateTrunc, exp.Extract, exp.Year, exp.Month, exp.Day,
-    exp.DayOfWeek, exp.DayOfYear, exp.Quarter, exp.Week, exp.TimeToStr,
+    exp.DayOfWeek, exp.DayOfYear, exp.Quarter, exp.Week, exp.TimeToStr, exp.ToChar,
 )
 
 ALLOWED_NODES = frozenset(_STRUCTURE + _SCALARS + AGGREGATES)
@@ -121,7 +121,7 @@ def validate(tree: exp.Select, sql: str, table_names: set[str], dialect: str = "
     # Unquoted identifiers are case-insensitive: one spelling, so equivalent
     # queries share cached answers and names match the policy.
     tree = normalize_identifiers(tree, dialect=dialect)
-    return _unqualify(_make_casts_total(tree))
+    return _unqualify(_make_casts_total(_to_char_as_strftime(tree)))
 
 
 def _check_node(node: exp.Expr, sql: str, tables: set[str], ctes: set[str]) -> None:
@@ -172,7 +172,7 @@ def _check_node(node: exp.Expr, sql: str, tables: set[str], ctes: set[str]) -> N
         if node.args.get("match_condition"):
             raise _reject(node, sql, "ASOF joins are not supported", "use JOIN ... ON",
                           rule="join")
-    elif isinstance(node, exp.TimeToStr):
+    elif isinstance(node, exp.TimeToStr | exp.ToChar):
         fmt = node.args.get("format")
         if not (isinstance(fmt, exp.Literal) and fmt.is_string) or node.args.get("zone"):
             raise _reject(node, sql, "the format of TO_CHAR/STRFTIME must be a constant string",
@@ -360,6 +360,22 @@ def _unqualify(tree: exp.Select) -> exp.Select:
                                     hint="write table.column", rule="syntax")
             node.set("db", None)
     return tree
+
+
+def _to_char_as_strftime(tree: exp.Select) -> exp.Select:
+    """TO_CHAR(d, 'YYYY-MM') with a PostgreSQL format is STRFTIME(d, '%Y-%m') (the
+    PostgreSQL dialect parses it that way already; DuckDB's keeps TO_CHAR)."""
+    from sqlglot.dialects.postgres import Postgres
+    from sqlglot.time import format_time
+
+    def fix(node: exp.Expr) -> exp.Expr:
+        if isinstance(node, exp.ToChar) and isinstance(node.args.get("format"), exp.Literal):
+            fmt = node.args["format"]
+            text = format_time(fmt.name, Postgres.TIME_MAPPING, Postgres.TIME_TRIE) or ""
+            return exp.TimeToStr(this=node.this, format=exp.Literal.string(text))
+        return node
+
+    return tree.transform(fix, copy=False)  # type: ignore[return-value]
 
 
 def _make_casts_total(tree: exp.Select) -> exp.Select:

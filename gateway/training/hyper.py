@@ -66,10 +66,13 @@ class Hyper:
                                  hint="known: " + ", ".join(sorted(known)))
         values = {k: v for k, v in raw.items() if v is not None}
         kw: dict[str, Any] = {}
-        for name in ("epochs", "clip", "learning_rate", "noise_multiplier", "count_epsilon",
-                     "eval_epsilon"):
+        # Ranges wide enough for any real run, narrow enough that no arithmetic on
+        # them overflows or divides by zero after the run was charged.
+        for name, lo, hi in (("epochs", 1e-3, 1e4), ("clip", 1e-6, 1e6),
+                             ("learning_rate", 1e-8, 1e3), ("noise_multiplier", 1e-2, 1e5),
+                             ("count_epsilon", 1e-6, 1e3), ("eval_epsilon", 1e-6, 1e3)):
             if name in values:
-                kw[name] = _positive(name, values[name])
+                kw[name] = _within(name, _positive(name, values[name]), lo, hi)
         for name, lo, hi in (("momentum", 0.0, 0.999), ("l2", 0.0, 1e3),
                              ("average", 0.0, 0.9999), ("holdout", 0.0, 0.5)):
             if name in values:
@@ -77,6 +80,8 @@ class Hyper:
         for name in ("batch_size", "units", "max_rows_per_unit"):
             if name in values:
                 kw[name] = _count(name, values[name])
+                if kw[name] > 10**12:
+                    raise InvalidRequest(f"{name} must be at most 10^12, got {kw[name]}")
         if "optimizer" in values:
             if values["optimizer"] not in ("adam", "sgd"):
                 raise InvalidRequest(f"unknown optimizer {values['optimizer']!r}",
