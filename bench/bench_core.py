@@ -24,8 +24,9 @@ What it measures, all in one run (so the ratios compare like with like):
 * **Peak memory** per size (process maxrss, DuckDB's own accounting).
 * **Noise** throughput of the three secure samplers (n = 1e6).
 * **Budget check** latency with 10,000 ledger entries: a reserve that basic
-  composition admits, and one that only the PLD accountant can admit, in a
-  fresh process and warm.
+  composition admits, one only the Rényi branch of the filter admits, and a
+  refusal, in a fresh process and warm; and how many ε = 0.1 queries fit in
+  (10, 1e-6) under each branch.
 * **Accuracy** at total ε = 1 per query against the exact unbounded answer,
   on the committed 100k sample and at 1M, with the sample policy's bounds;
   plus the bias (bounding) / noise split of COUNT by country.
@@ -46,7 +47,6 @@ import argparse
 import contextlib
 import dataclasses
 import json
-import math
 import os
 import random
 import resource
@@ -72,7 +72,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from gateway import service as gw_service  # noqa: E402
-from gateway.ledger import Cost, Ledger  # noqa: E402
+from gateway.cli.sample_data import generate  # noqa: E402
+from gateway.errors import BudgetExceeded  # noqa: E402
 from gateway.privacy.events import LaplaceEvent  # noqa: E402
 from gateway.privacy.random import SecureRandom  # noqa: E402
 from gateway.privacy.samplers import (  # noqa: E402
@@ -80,8 +81,8 @@ from gateway.privacy.samplers import (  # noqa: E402
     rounded_gaussian,
     rounded_laplace,
 )
-from gateway.sample_data import generate  # noqa: E402
 from gateway.service import Gateway  # noqa: E402
+from gateway.state.ledger import Cost, Ledger  # noqa: E402
 
 DATA = ROOT / "bench" / ".data"
 SAMPLE_POLICY = ROOT / "policies" / "web.yaml"
@@ -832,13 +833,12 @@ def bench_samplers(reps: int = 5, n: int = 1_000_000) -> dict[str, tuple[float, 
 LEDGER_EPS = (0.001, 0.002, 0.005, 0.01, 0.02)
 LEDGER_ENTRIES = 10_000
 BUDGET_DELTA = 1e-6
+RENYI_SHARE = 0.5  # of each δ budget, reserved for the Rényi branch of the filter
 BUDGET_BASIC = 1e6  # (a): basic composition fits
-BUDGET_PLD = 50.0  # (b): basic (~76) exceeds it; advanced composition (~5.9) admits
-BUDGET_TIGHT = 5.5  # (c): between PLD (~5.04) and advanced (~5.94): the PLD accountant decides
 
 
-def _ledger(path: Path) -> Ledger:
-    return Ledger(path, "bench", (1e12, 1e-3), (BUDGET_BASIC, BUDGET_DELTA))
+def _ledger(path: Path, share: float = RENYI_SHARE) -> Ledger:
+    return Ledger(path, "bench", (1e12, 1e-3), (BUDGET_BASIC, BUDGET_DELTA), share)
 
 
 def _reserve(led: Ledger, who: Any, eps: float = 0.01) -> float:
@@ -862,12 +862,14 @@ def populate_ledger(path: Path, entries: int = LEDGER_ENTRIES,
     led.close()
 
 
-def advanced_composition(eps: list[float], delta: float) -> float:
-    """O(1)-from-running-sums bound for pure-ε events (Kairouz, Oh & Viswanath 2015,
-    Thm 3.5, heterogeneous form of Dwork, Rothblum & Vadhan 2010): for comparison."""
-    s2 = sum(e * e for e in eps)
-    s1 = sum(e * (math.exp(e) - 1) / (math.exp(e) + 1) for e in eps)
-    return min(sum(eps), s1 + math.sqrt(2 * math.log(1 / delta) * s2))
+def renyi_budget(path: Path) -> float:
+    """An ε budget the Rényi branch admits the next 0.01 query in, and basic does not."""
+    from gateway.privacy.accountant import renyi_epsilon
+
+    led = _ledger(path)
+    sums, budget = led._filter(led._con(), led._scope_names("alice")[0], (1.0, BUDGET_DELTA))
+    led.close()
+    return renyi_epsilon(sums.rdp, budget.renyi_delta) + 0.5
 
 
 def spent_after_history(entries: int, eps: float, reps: int) -> float:
@@ -889,18 +891,40 @@ def spent_after_history(entries: int, eps: float, reps: int) -> float:
 
 
 def ledger_probe(path: Path, mode: str) -> dict[str, Any]:
-    """One reserve in this (fresh) process; mode 'basic' or 'pld'."""
+    """One reserve in this (fresh) process: 'basic' fits by basic composition, 'renyi'
+    only by the Rényi branch, 'refused' by neither."""
     led = _ledger(path)
     who = led.ensure_analyst("alice")
-    if mode == "pld":
-        who = dataclasses.replace(who, epsilon=BUDGET_PLD)
-    elif mode == "tight":
-        who = dataclasses.replace(who, epsilon=BUDGET_TIGHT)
-    t = _reserve(led, who)
+    if mode == "renyi":
+        who = dataclasses.replace(who, epsilon=renyi_budget(path))
+    elif mode == "refused":
+        who = dataclasses.replace(who, epsilon=1.0)
+    t0 = time.perf_counter()
+    with contextlib.suppress(BudgetExceeded):
+        led.reserve(who, uuid.uuid4().hex, "query", "SELECT 1",
+                    Cost(0.01, 0.0, (LaplaceEvent(0.01),)))
+    t = (time.perf_counter() - t0) * 1000
     a_scope = led._scope_names("alice")[0]
     eps_b, _, n = led._totals(led._con(), a_scope)
     led.close()
     return {"ms": t, "entries": n, "basic_eps": float(eps_b)}
+
+
+def small_queries_that_fit(share: float) -> int:
+    """How many Laplace queries of ε = 0.1 a (10, 1e-6) budget admits."""
+    path = Path(tempfile.mkdtemp(prefix="ledger-", dir=scratch())) / "fit.db"
+    led = Ledger(path, "bench", (1e12, 1e-3), (10.0, 1e-6), share)
+    who = led.ensure_analyst("alice")
+    led._con().execute("PRAGMA synchronous=OFF")
+    n = 0
+    try:
+        while n < 2000:
+            led.reserve(who, uuid.uuid4().hex, "query", "q", Cost(0.1, 0.0, (LaplaceEvent(0.1),)))
+            n += 1
+    except BudgetExceeded:
+        pass
+    led.close()
+    return n
 
 
 def bench_ledger(reps: int) -> dict[str, Any]:
@@ -909,26 +933,22 @@ def bench_ledger(reps: int) -> dict[str, Any]:
     t0 = time.perf_counter()
     populate_ledger(path)
     out: dict[str, Any] = {"populate_s": time.perf_counter() - t0}
-    for mode in ("basic", "pld", "tight"):  # each in a fresh process: nothing cached
+    for mode in ("basic", "renyi", "refused"):  # each in a fresh process: nothing cached
         proc = subprocess.run([sys.executable, __file__, "--_ledger-probe", str(path), mode],
                               capture_output=True, text=True, check=True)
         out[f"{mode}_cold"] = json.loads(proc.stdout.strip().splitlines()[-1])
+    out["renyi_budget"] = renyi_budget(path)
     led = _ledger(path)
     who = led.ensure_analyst("alice")
-    small = dataclasses.replace(who, epsilon=BUDGET_PLD)
     _reserve(led, who)
     out["basic_warm_ms"] = statistics.median(_reserve(led, who) for _ in range(reps))
-    _reserve(led, small)  # catch up with the charges above
-    out["pld_warm_ms"] = statistics.median(_reserve(led, small) for _ in range(reps))
-    tight = dataclasses.replace(who, epsilon=BUDGET_TIGHT)
-    _reserve(led, tight)
-    out["tight_warm_ms"] = statistics.median(_reserve(led, tight) for _ in range(reps))
+    renyi = dataclasses.replace(who, epsilon=renyi_budget(path) + 1.0)
+    _reserve(led, renyi)
+    out["renyi_warm_ms"] = statistics.median(_reserve(led, renyi) for _ in range(reps))
     acc = led._catch_up(led._con(), led._scope_names("alice")[0]).accountant
     out["pld_eps"] = acc.pld_epsilon(BUDGET_DELTA)
     out["basic_eps"] = float(acc.basic()[0])
-    # What every query also pays after its release: the budget report (Ledger.spent),
-    # which catches both scopes' PLD accountants up with the new charge and computes
-    # their ε(δ).  Warm: after one reserve, as in Gateway.query.
+    # What every query also pays after its release: the budget report (Ledger.spent).
     led.spent(who)
     spent = []
     for _ in range(reps):
@@ -941,10 +961,9 @@ def bench_ledger(reps: int) -> dict[str, Any]:
     proc = subprocess.run([sys.executable, __file__, "--_ledger-spent", str(path)],
                           capture_output=True, text=True, check=True)
     out["spent_cold_ms"] = json.loads(proc.stdout.strip().splitlines()[-1])["ms"]
-    n = LEDGER_ENTRIES
-    out["advanced_eps"] = advanced_composition(
-        [LEDGER_EPS[i % len(LEDGER_EPS)] for i in range(n)], BUDGET_DELTA)
     out["history"] = {k: spent_after_history(k, 1.0, 5) for k in (30, 100, 300)}
+    out["fit_basic"] = small_queries_that_fit(0.0)
+    out["fit_renyi"] = small_queries_that_fit(RENYI_SHARE)
     return out
 
 
@@ -1114,14 +1133,15 @@ def run(args: argparse.Namespace) -> int:
           f"{LEDGER_EPS}), one reserve ==")
     print(f"populated in {ledger['populate_s']:.1f}s; basic Σε = {ledger['basic_eps']:.2f}, "
           f"PLD ε at δ={BUDGET_DELTA:g} = {ledger['pld_eps']:.2f}")
-    print(f"(a) basic composition fits (budget ε={BUDGET_BASIC:g}):   fresh process "
+    print(f"(a) basic composition admits (budget ε={BUDGET_BASIC:g}): fresh process "
           f"{ledger['basic_cold']['ms']:7.2f} ms, warm {ledger['basic_warm_ms']:6.2f} ms")
-    print(f"(b) basic exceeded, advanced composition admits (budget ε={BUDGET_PLD:g}): fresh "
-          f"process {ledger['pld_cold']['ms']:7.2f} ms, warm {ledger['pld_warm_ms']:6.2f} ms")
-    print(f"(c) only the PLD accountant admits (budget ε={BUDGET_TIGHT:g}):         fresh "
-          f"process {ledger['tight_cold']['ms']:7.2f} ms, warm {ledger['tight_warm_ms']:6.2f} ms")
-    print(f"for comparison, advanced composition from O(1) running sums (Σε², Σε·tanh(ε/2)) "
-          f"gives ε = {ledger['advanced_eps']:.2f} at δ={BUDGET_DELTA:g}")
+    print(f"(b) only the Rényi branch admits (budget ε={ledger['renyi_budget']:.2f}, δ share "
+          f"{RENYI_SHARE}): fresh process {ledger['renyi_cold']['ms']:7.2f} ms, warm "
+          f"{ledger['renyi_warm_ms']:6.2f} ms")
+    print(f"(c) refused (budget ε=1): fresh process {ledger['refused_cold']['ms']:7.2f} ms")
+    print(f"Laplace queries of ε=0.1 admitted in (10, 1e-6): basic composition "
+          f"{ledger['fit_basic']}, with a Rényi δ share of {RENYI_SHARE}: {ledger['fit_renyi']} "
+          f"(the PLD figure, valid only for parameters fixed in advance, would allow ~330)")
     print(f"budget report after each query (Ledger.spent: PLD catch-up + ε(δ) of both scopes): "
           f"fresh process {ledger['spent_cold_ms']:.1f} ms, warm {ledger['spent_warm_ms']:.1f} ms")
     print("budget report, warm, after N charges of ε=1 (typical query size): " + ", ".join(
@@ -1168,10 +1188,9 @@ def run(args: argparse.Namespace) -> int:
                       medv >= GOAL_SAMPLES_PER_S))
     for label, ms in (("(a) basic, fresh process", ledger["basic_cold"]["ms"]),
                       ("(a) basic, warm", ledger["basic_warm_ms"]),
-                      ("(b) advanced, fresh process", ledger["pld_cold"]["ms"]),
-                      ("(b) advanced, warm", ledger["pld_warm_ms"]),
-                      ("(c) PLD, fresh process", ledger["tight_cold"]["ms"]),
-                      ("(c) PLD, warm", ledger["tight_warm_ms"])):
+                      ("(b) Rényi, fresh process", ledger["renyi_cold"]["ms"]),
+                      ("(b) Rényi, warm", ledger["renyi_warm_ms"]),
+                      ("(c) refused, fresh process", ledger["refused_cold"]["ms"])):
         lines.append((f"budget check {label} with 10,000 entries: {ms:.2f} ms < 5 ms",
                       ms < GOAL_BUDGET_MS))
     for a in acc:

@@ -26,18 +26,16 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from sqlglot import exp
 
-from gateway import auth
-from gateway.calibrate import Calibration, calibrate, check_budget_request
 from gateway.engine import SourceTable, open_executor
 from gateway.errors import AuthError, GatewayError, InternalError, InvalidRequest
-from gateway.ledger import Analyst, AuditLine, Cost, Ledger
-from gateway.perturb import finish, from_domains, perturb
 from gateway.policy import Policy, load_policy
-from gateway.postprocess import PostProcessor, select_targets
-from gateway.prepared import LRU, Prepared, answer_key
 from gateway.privacy.partition_selection import threshold_summary
 from gateway.privacy.random import RandomSource, SecureRandom
-from gateway.results import (
+from gateway.query.noise import Calibration, calibrate, check_budget_request
+from gateway.query.perturb import finish, from_domains, perturb
+from gateway.query.postprocess import PostProcessor, select_targets
+from gateway.query.prepared import LRU, Prepared, answer_key
+from gateway.query.results import (
     Accuracy,
     Explanation,
     QueryResult,
@@ -51,9 +49,12 @@ from gateway.sql.plan import Plan
 from gateway.sql.relations import SALT
 from gateway.sql.rewrite import rewrite
 from gateway.sql.validate import validate
+from gateway.state import keys
+from gateway.state.ledger import Analyst, AuditLine, Cost, Ledger
 
 if TYPE_CHECKING:
     from gateway.training.model import TrainedModel
+    from gateway.training.service import TrainingService
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +95,8 @@ class Gateway:
         self._answers: LRU[str, str] = LRU(256)
         self._released: LRU[tuple[str, str, float, float, str], tuple[Any, Any, Any]] = LRU(256)
         self._closed = threading.Event()
+        self._training_service: TrainingService | None = None
+        self._training_lock = threading.Lock()
 
     @classmethod
     def open(cls, policy: str | Path, state: str | Path | None = None, *,
@@ -359,17 +362,17 @@ class Gateway:
         eps = d.epsilon if epsilon is None else float(epsilon)
         dlt = d.delta if delta is None else float(delta)
         check_budget_request(eps, dlt, "laplace", min_epsilon=0.0, max_epsilon=None)
-        key = auth.new_key()
-        self.ledger.add_analyst(name, auth.hash_key(key), "admin" if admin else "analyst",
-                                eps, dlt, auth.scram_verifier(key).encode())
+        key = keys.new_key()
+        self.ledger.add_analyst(name, keys.hash_key(key), "admin" if admin else "analyst",
+                                eps, dlt, keys.scram_verifier(key).encode())
         return key
 
     def authenticate(self, key: str | None) -> Analyst:
         if not key:
             raise AuthError("no API key was given", hint="send Authorization: Bearer <key>")
-        digest = auth.hash_key(key)
+        digest = keys.hash_key(key)
         who = self.ledger.analyst_by_key_hash(digest)
-        if who is None or who.key_hash is None or not auth.same_hash(who.key_hash, digest):
+        if who is None or who.key_hash is None or not keys.same_hash(who.key_hash, digest):
             raise AuthError("the API key is not valid",
                             hint="create one with `gateway analyst add NAME`")
         return who
@@ -435,10 +438,16 @@ class Gateway:
     # -- training (DP-SGD) --------------------------------------------------------------
     # Thin delegation to gateway/training (DESIGN §1.2-1.3).
 
-    def _training(self) -> Any:
-        from gateway.training.service import service_for
+    def _training(self) -> TrainingService:
+        """Training's port into the core (created on first use: it imports more)."""
+        with self._training_lock:
+            if self._training_service is None:
+                from gateway.training.service import TrainingPort, TrainingService
 
-        return service_for(self)
+                self._training_service = TrainingService(TrainingPort(
+                    self.policy, self.ledger, self.executor, self._context, self._tables,
+                    self._rng))
+            return self._training_service
 
     def train(self, sql: str, label: str, model: str = "logistic",
               epsilon: float | None = None, delta: float | None = None,

@@ -39,8 +39,8 @@ def read_permit(gw: Any, analyst: str = "engine-probe") -> Any:
     protected rows, for tests that drive the engine directly."""
     import uuid
 
-    from gateway.ledger import Cost
     from gateway.privacy.events import LaplaceEvent
+    from gateway.state.ledger import Cost
 
     who = gw.ledger.ensure_analyst(analyst)
     return gw.ledger.reserve(who, uuid.uuid4().hex, "query", "engine probe in a test",

@@ -20,7 +20,7 @@ from sqlglot import exp
 
 from gateway import Gateway
 from gateway.errors import BudgetExceeded, InternalError, LedgerUnavailable, QueryRejected
-from gateway.statedb import StateDB
+from gateway.state.db import StateDB
 from tests.support import web_policy
 
 

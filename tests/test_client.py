@@ -19,7 +19,7 @@ import pytest
 from gateway import client
 from gateway.api.problems import PROBLEM_CLASSES
 from gateway.client import bind, connect
-from gateway.client_async import connect_async
+from gateway.client.aio import connect_async
 from tests.api.live import LiveServer, add_analysts, write_policy
 
 

@@ -12,8 +12,8 @@ import pytest
 
 from gateway import Gateway
 from gateway.errors import BudgetExceeded, LedgerUnavailable, QueryRejected
-from gateway.ledger import Cost, Ledger
 from gateway.privacy.events import LaplaceEvent
+from gateway.state.ledger import Cost, Ledger
 from tests.support import web_policy
 
 

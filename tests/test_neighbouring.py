@@ -27,10 +27,10 @@ import pytest
 from sqlglot import exp
 
 from gateway import Gateway
-from gateway.calibrate import Calibration, calibrate
-from gateway.perturb import _add_noise, _aggregate
 from gateway.privacy.partition_selection import select_partitions
 from gateway.privacy.random import SeededRandom
+from gateway.query.noise import Calibration, calibrate
+from gateway.query.perturb import _add_noise, _aggregate
 from gateway.sql.rewrite import rewrite
 from tests.privacy.dp_check import edges_with_tails, privacy_loss_lower_bound
 from tests.support import read_permit, write_policy

@@ -13,7 +13,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from gateway.sample_data import GeneratedData, generate, main
+from gateway.cli.sample_data import GeneratedData, generate, main
 
 ROWS = 5_000
 REPO_ROOT = Path(__file__).resolve().parents[1]

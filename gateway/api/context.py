@@ -25,9 +25,9 @@ from gateway.api.problems import (
     stored_response,
 )
 from gateway.errors import AuthError, GatewayError, LedgerUnavailable
-from gateway.idempotency import Claim, IdempotencyStore, KeyReused, Stored, check_key
-from gateway.ledger import Analyst
 from gateway.service import Gateway
+from gateway.state.idempotency import Claim, IdempotencyStore, KeyReused, Stored, check_key
+from gateway.state.ledger import Analyst
 
 log = logging.getLogger(__name__)
 

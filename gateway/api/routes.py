@@ -26,8 +26,8 @@ from gateway.api.models import (
 from gateway.api.openapi import errors
 from gateway.api.problems import stored_response
 from gateway.errors import Forbidden
-from gateway.idempotency import fingerprint
-from gateway.ledger import Analyst
+from gateway.state.idempotency import fingerprint
+from gateway.state.ledger import Analyst
 
 router = APIRouter()
 

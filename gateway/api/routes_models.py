@@ -18,10 +18,10 @@ from gateway.api.openapi import errors
 from gateway.api.problems import stored_response
 from gateway.api.routes import IdemKey
 from gateway.errors import NotFound
-from gateway.idempotency import fingerprint
-from gateway.ledger import Analyst
-from gateway.results import jsonable
+from gateway.query.results import jsonable
 from gateway.service import Gateway
+from gateway.state.idempotency import fingerprint
+from gateway.state.ledger import Analyst
 
 router = APIRouter(tags=["models"])
 

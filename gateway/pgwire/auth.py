@@ -2,7 +2,7 @@
 
 The user name is the analyst and the password is their API key.  The gateway
 never stores a key, only a SCRAM verifier made when the key was created
-(:func:`gateway.auth.scram_verifier`), so the server side of RFC 5802 / RFC 7677
+(:func:`gateway.state.keys.scram_verifier`), so the server side of RFC 5802 / RFC 7677
 is all we can run: the client proves it knows the key without sending it, and
 we prove we hold the verifier.  Unknown users get a stable fake verifier and the
 same exchange, so a failed login does not tell whether the analyst exists.
@@ -20,7 +20,7 @@ import hmac
 import secrets
 from dataclasses import dataclass
 
-from gateway.auth import ScramVerifier
+from gateway.state.keys import ScramVerifier
 
 MECHANISM = "SCRAM-SHA-256"
 SCRAM_METHOD = "scram-sha-256"

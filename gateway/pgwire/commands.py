@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gateway.pgwire import sqltext
 from gateway.pgwire.errors import (
@@ -24,9 +24,12 @@ from gateway.pgwire.errors import (
     NO_ACTIVE_TRANSACTION,
     PgError,
 )
-from gateway.pgwire.session import Result, Session
+from gateway.pgwire.result import Result
 from gateway.pgwire.settings import DESCRIPTIONS, display_name
 from gateway.pgwire.types import FLOAT8, TEXT, Field
+
+if TYPE_CHECKING:
+    from gateway.pgwire.session import Session
 
 
 @dataclass
@@ -309,7 +312,7 @@ async def do_copy(s: Session, sql: str) -> Result:
     return res
 
 
-Handler = Callable[[Session, str], Awaitable[Result]]
+Handler = Callable[["Session", str], Awaitable[Result]]
 
 HANDLERS: dict[str, Handler] = {
     "SET": do_set, "RESET": do_reset, "SHOW": do_show, "BEGIN": do_begin,

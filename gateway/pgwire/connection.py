@@ -24,7 +24,8 @@ from gateway.pgwire import sqltext
 from gateway.pgwire.errors import INTERNAL, INVALID_TEXT, PgError
 from gateway.pgwire.handshake import handshake
 from gateway.pgwire.output import copy_out, data_rows
-from gateway.pgwire.session import Result, Session
+from gateway.pgwire.result import Result
+from gateway.pgwire.session import Session
 from gateway.pgwire.settings import display_name
 from gateway.pgwire.types import TEXT, Field, ParamError, decode_param
 

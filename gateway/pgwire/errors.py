@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import re
 
-from gateway.errors import GatewayError
-
 FEATURE_NOT_SUPPORTED = "0A000"
 INVALID_PARAMETER_VALUE = "22023"
 UNDEFINED_OBJECT = "42704"
@@ -41,10 +39,6 @@ class PgError(Exception):
         self.detail = detail
         self.severity = severity
 
-
-def from_gateway(e: GatewayError) -> PgError:
-    """The gateway's error with its SQLSTATE and the same reason text as HTTP."""
-    return PgError(e.sqlstate, e.detail)
 
 
 _DUCK_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (

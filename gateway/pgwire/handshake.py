@@ -14,7 +14,6 @@ import asyncio
 import struct
 from typing import TYPE_CHECKING
 
-from gateway.auth import ScramVerifier
 from gateway.errors import GatewayError, NotFound
 from gateway.pgwire import protocol as pq
 from gateway.pgwire.auth import (
@@ -28,10 +27,11 @@ from gateway.pgwire.auth import (
 from gateway.pgwire.errors import PgError
 from gateway.pgwire.session import Session
 from gateway.pgwire.settings import Settings
+from gateway.state.keys import ScramVerifier
 
 if TYPE_CHECKING:
-    from gateway.ledger import Analyst
     from gateway.pgwire.connection import Connection
+    from gateway.state.ledger import Analyst
 
 
 def _split_options(options: str) -> dict[str, str]:

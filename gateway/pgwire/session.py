@@ -32,9 +32,10 @@ import sqlglot
 from sqlglot import exp
 from sqlglot.errors import ParseError, TokenError
 
-from gateway.pgwire import sqltext
+from gateway.pgwire import commands, sqltext
 from gateway.pgwire.catalog import Catalog, SessionInfo
 from gateway.pgwire.errors import QUERY_CANCELED, SYNTAX_ERROR, PgError
+from gateway.pgwire.result import Result
 from gateway.pgwire.settings import Settings
 from gateway.pgwire.types import (
     BOOL,
@@ -52,24 +53,10 @@ from gateway.pgwire.types import (
 if TYPE_CHECKING:
     import duckdb
 
-    from gateway.ledger import Analyst
     from gateway.service import Gateway
+    from gateway.state.ledger import Analyst
 
 T = TypeVar("T")
-
-
-@dataclass
-class Result:
-    """What one statement produced, ready to be encoded."""
-
-    tag: str
-    fields: list[Field] | None = None  # None: a command, no RowDescription
-    rows: list[tuple[Any, ...]] = field(default_factory=list)
-    notices: list[str] = field(default_factory=list)
-    reported: list[str] = field(default_factory=list)  # GUCs to send as ParameterStatus
-    copy: str | None = None  # COPY ... TO STDOUT format: text, csv or binary
-    copy_header: bool = False
-    empty: bool = False  # EmptyQueryResponse
 
 
 @dataclass
@@ -258,8 +245,6 @@ class Session:
 
     async def execute(self, sql: str) -> Result:
         """Run one statement (no trailing semicolon) and return what it produced."""
-        from gateway.pgwire import commands
-
         kind = sqltext.classify(sql)
         if kind == "empty":
             return Result("", empty=True)
@@ -331,8 +316,6 @@ class Session:
         is returned for reuse; a data query is planned by the core (so a rejection
         shows up here, free) and typed by running it on the empty tables.
         """
-        from gateway.pgwire import commands
-
         kind = sqltext.classify(sql)
         if kind in ("SHOW", "EXPLAIN"):
             res = await self.execute(sql)

@@ -27,54 +27,9 @@ MAX_NESTING = 24
 # frames per level to print SQL, and the rewrite can double a level: a cast becomes
 # TRY_CAST(ROUND(x))), Python stops at 1000 frames and DuckDB's parser at 1000 levels.
 MAX_TREE_DEPTH = 64
-_CASE_WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _PY_CLASS = re.compile(r"<class '(?:[\w.]+\.)?(\w+)'>")
 _OPEN = frozenset({TokenType.L_PAREN, TokenType.L_BRACKET, TokenType.L_BRACE, TokenType.CASE})
 _CLOSE = frozenset({TokenType.R_PAREN, TokenType.R_BRACKET, TokenType.R_BRACE, TokenType.END})
-
-
-def nesting_depth(sql: str) -> int:
-    """Deepest nesting of parentheses and CASE ... END outside strings and comments.
-
-    A quick estimate on the raw text; :func:`parse` measures on sqlglot's tokens
-    (:func:`token_depth`), which agree with the parser about where strings end.
-    """
-    depth = best = 0
-    i, n = 0, len(sql)
-    while i < n:
-        ch = sql[i]
-        if ch in "'\"":
-            end = sql.find(ch, i + 1)
-            while end != -1 and end + 1 < n and sql[end + 1] == ch:  # doubled quote
-                end = sql.find(ch, end + 2)
-            i = n if end == -1 else end + 1
-            continue
-        if sql.startswith("--", i):
-            nl = sql.find("\n", i)
-            i = n if nl == -1 else nl + 1
-            continue
-        if sql.startswith("/*", i):
-            close = sql.find("*/", i + 2)
-            i = n if close == -1 else close + 2
-            continue
-        if ch == "(":
-            depth += 1
-        elif ch == ")":
-            depth -= 1
-        elif ch.isalpha() or ch == "_":
-            m = _CASE_WORD.match(sql, i)
-            assert m is not None
-            word = m.group(0).upper()
-            if word == "CASE":
-                depth += 1
-            elif word == "END":
-                depth -= 1
-            i = m.end()
-            best = max(best, depth)
-            continue
-        best = max(best, depth)
-        i += 1
-    return best
 
 
 def token_depth(tokens: list[Token]) -> int:

@@ -4,7 +4,7 @@ A ``Plan`` is everything decided from the SQL text and the policy: the
 unit-attributed relation, the group keys and their public domains, the noisy
 statistics the aggregates need with their per-unit bounds, and the
 post-processing query over the noisy result.  Noise calibration adds ε/δ and
-scales to it (:mod:`gateway.calibrate`); nothing in a plan depends on data.
+scales to it (:mod:`gateway.query.noise`); nothing in a plan depends on data.
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway.errors import LedgerUnavailable
-from gateway.ledger import Ledger
+from gateway.state.ledger import Ledger
 
 QUEUED, RUNNING, DONE, FAILED = "queued", "running", "done", "failed"
 

@@ -24,7 +24,6 @@ import secrets
 import threading
 import time
 import uuid
-import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -32,13 +31,16 @@ from typing import Any
 import numpy as np
 from sqlglot import exp
 
-from gateway.calibrate import check_budget_request
+from gateway.engine.base import Executor
 from gateway.errors import BudgetExceeded, GatewayError, InvalidRequest, NotFound
-from gateway.ledger import Analyst, Cost, Reservation
+from gateway.policy import Policy
 from gateway.privacy.events import ApproxDpEvent
+from gateway.privacy.random import RandomSource
 from gateway.privacy.samplers import bernoulli, discrete_laplace
-from gateway.sql.relations import SALT
+from gateway.query.noise import check_budget_request
+from gateway.sql.relations import SALT, Context
 from gateway.sql.selection import Selection, select_training_rows
+from gateway.state.ledger import Analyst, Cost, Ledger, Reservation
 from gateway.training import accounting
 from gateway.training.dpsgd import SGDConfig, UnitData, prepare_units, train
 from gateway.training.encoding import Encoding, build_encoding
@@ -76,10 +78,24 @@ class _Job:
         return self.count_epsilon + self.sgd.epsilon + self.eval_epsilon
 
 
+@dataclass(frozen=True)
+class TrainingPort:
+    """What training needs from the core, and nothing more: the policy, the ledger
+    (charges and the model registry's table), the executor, the analysis context
+    for training SQL, the policy's table names and the secure random source."""
+
+    policy: Policy
+    ledger: Ledger
+    executor: Executor
+    context: Context
+    tables: set[str]
+    rng: RandomSource
+
+
 class TrainingService:
     """Training runs and the model registry of one Gateway."""
 
-    def __init__(self, gw: Any) -> None:
+    def __init__(self, gw: TrainingPort) -> None:
         self.gw = gw
         self.registry = Registry(gw.ledger)
         self._threads: dict[str, threading.Thread] = {}
@@ -164,7 +180,7 @@ class TrainingService:
                              min_epsilon=pol.limits.min_epsilon_per_query,
                              max_epsilon=pol.limits.max_epsilon_per_query)
         shares = accounting.split_epsilon(epsilon, hyper)
-        selection = select_training_rows(sql, label, gw._context, gw._tables,
+        selection = select_training_rows(sql, label, gw.context, gw.tables,
                                          max_length=pol.limits.max_sql_length)
         encoding = build_encoding(selection, model)
         net = network_for(model, encoding.width, encoding.label.outputs,
@@ -191,7 +207,7 @@ class TrainingService:
         # -- from here on, rows are read; any failure keeps the charge --
         try:
             data = self._read(selection, encoding, max_rows, permit)
-            rng = gw._rng
+            rng = gw.rng
             if planned is None:
                 noisy = data.units + int(discrete_laplace(1.0 / shares.count, 1, rng)[0])
                 units_est = float(max(noisy, 1)) * (1.0 - hyper.holdout)
@@ -234,7 +250,7 @@ class TrainingService:
         x = encoding.encode_columns([np.asarray(c)[keep] if not isinstance(c, np.ma.MaskedArray)
                                      else c[keep] for c in cols[1:-1]])
         units = np.ma.getdata(cols[0])[keep]
-        return prepare_units(units, x, y, max_rows, gw._rng)
+        return prepare_units(units, x, y, max_rows, gw.rng)
 
     def _spec(self, job: _Job, sql: str, label: str, model: str) -> dict[str, Any]:
         net = job.net
@@ -302,31 +318,18 @@ class TrainingService:
     def _train(self, job: _Job, progress: Progress) -> dict[str, Any]:
         gw, hyper, sgd = self.gw, job.hyper, job.sgd
         self.registry.progress(job.model_id, 0.0)
-        seed = gw._rng.words(2)
+        seed = gw.rng.words(2)
         init = job.net.init(np.random.default_rng([int(w) for w in seed]))
         cfg = SGDConfig(sgd.noise_multiplier, sgd.sampling_rate, sgd.steps, sgd.clip,
                         sgd.expected_batch, hyper.lr, hyper.optimizer, hyper.momentum,
                         hyper.l2, hyper.average)
-        params = train(job.net, init, job.train_data, cfg, gw._rng, progress)
+        params = train(job.net, init, job.train_data, cfg, gw.rng, progress)
         if not all(np.all(np.isfinite(p)) for p in params):
             # Divergence is a property of the noisy (already private) iterates.
             params = [np.nan_to_num(p, nan=0.0, posinf=0.0, neginf=0.0) for p in params]
         metrics: dict[str, Any] = {}
         if job.eval_data is not None:
             metrics["dp_holdout"] = dp_evaluate(job.net, params, job.eval_data, job.encoding,
-                                                job.eval_epsilon, hyper.holdout, gw._rng)
+                                                job.eval_epsilon, hyper.holdout, gw.rng)
         return {"weights": weights_to_json(params), "metrics": metrics,
                 "finished": math.floor(time.time())}
-
-
-_SERVICES: weakref.WeakKeyDictionary[Any, TrainingService] = weakref.WeakKeyDictionary()
-_SERVICES_LOCK = threading.Lock()
-
-
-def service_for(gw: Any) -> TrainingService:
-    """The TrainingService of a Gateway (one per Gateway, created on first use)."""
-    with _SERVICES_LOCK:
-        svc = _SERVICES.get(gw)
-        if svc is None:
-            svc = _SERVICES[gw] = TrainingService(gw)
-        return svc

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from gateway.errors import InvalidRequest
-from gateway.idempotency import IdempotencyStore, KeyReused, Stored, check_key, fingerprint
-from gateway.ledger import Ledger
+from gateway.state.idempotency import IdempotencyStore, KeyReused, Stored, check_key, fingerprint
+from gateway.state.ledger import Ledger
 
 
 @pytest.fixture

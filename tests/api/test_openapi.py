@@ -16,7 +16,7 @@ import pytest
 
 from gateway.api import create_app
 from gateway.api.problems import PROBLEM_CLASSES
-from gateway.cli import build_parser
+from gateway.cli.main import build_parser
 from gateway.service import Gateway
 from tests.api.live import ROOT, write_policy
 

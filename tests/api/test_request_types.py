@@ -19,7 +19,6 @@ import httpx
 import pytest
 
 from gateway.client import connect
-from gateway.service import Gateway
 from tests.api.conftest import Live
 from tests.api.live import assert_problem
 
@@ -155,8 +154,6 @@ def test_training_numbers_must_be_finite(live: Live, field: str, token: str) -> 
                  headers={"Content-Type": "application/json"})
 
 
-@pytest.mark.skipif(not hasattr(Gateway, "submit_training"),
-                    reason="Gateway.submit_training is not in the core yet")
 def test_integer_training_numbers_still_train(live: Live) -> None:
     """ε = 1 (an integer), epochs = 1 and batch_size = 64.0 (integral: an integer in
     JSON Schema) are accepted and spent as sent."""

@@ -9,7 +9,6 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from gateway.service import Gateway
 from tests.api.conftest import Live
 from tests.api.live import assert_problem
 
@@ -149,14 +148,8 @@ def test_concurrent_duplicates_charge_once(live: Live) -> None:
         assert c.get("/v1/budget").json()["charges"] == before + 1
 
 
-# -- training (skipped until the core has it) --------------------------------------------
+# -- training --------------------------------------------------------------------------------
 
-needs_training = pytest.mark.skipif(
-    not hasattr(Gateway, "submit_training"),
-    reason="Gateway.submit_training is not in the core yet (training issue)")
-
-
-@needs_training
 def test_training_round_trip(live: Live) -> None:
     sql = "SELECT age, duration_s, device, converted FROM visits"
     with live.server.client(live.keys["trainer"]) as c:

@@ -14,12 +14,12 @@ import sqlglot
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.auth import scram_verifier
 from gateway.pgwire import sqltext, types
 from gateway.pgwire.auth import AuthFailed, ScramExchange, fake_verifier
 from gateway.pgwire.errors import PgError
 from gateway.pgwire.session import data_oid, provably_empty
 from gateway.pgwire.settings import Settings
+from gateway.state.keys import scram_verifier
 
 # -- types ------------------------------------------------------------------------------
 

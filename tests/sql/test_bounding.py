@@ -10,7 +10,7 @@ import pytest
 from sqlglot import exp
 
 from gateway import Gateway
-from gateway.calibrate import calibrate
+from gateway.query.noise import calibrate
 from gateway.sql.rewrite import rewrite
 from tests.support import read_permit, web_policy
 

@@ -16,8 +16,8 @@ import yaml
 from sqlglot import exp
 
 from gateway import Gateway
-from gateway.calibrate import calibrate
 from gateway.errors import PolicyError, QueryRejected
+from gateway.query.noise import calibrate
 from gateway.sql.rewrite import rewrite
 from tests.support import SAMPLE, read_permit, web_policy
 
@@ -124,7 +124,7 @@ def test_a_declared_key_must_be_unique(tmp_path: Path) -> None:
     data["tables"]["countries"]["columns"] = {"country": {"type": "text", "key": True},
                                               "region": {"type": "text", "key": True}}
     path.write_text(yaml.safe_dump(data, sort_keys=False))
-    with pytest.raises(PolicyError, match="tables.countries.columns.region.key"):
+    with pytest.raises(PolicyError, match=r"tables\.countries\.columns\.region\.key"):
         Gateway.open(path, state=tmp_path / "s.db")
 
 

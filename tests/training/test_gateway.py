@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from gateway import Gateway
+from gateway.cli.train import add_train_parser, run_train
 from gateway.errors import InvalidRequest, NotFound
-from gateway.training.cli import add_train_parser, run_train
 from tests.support import WEB_POLICY
 from tests.training.conftest import Synth
 

@@ -17,7 +17,7 @@ from typing import Generic, TypeVar
 
 from sqlglot import exp
 
-from gateway.calibrate import Calibration
+from gateway.query.noise import Calibration
 from gateway.sql.plan import Plan
 
 K = TypeVar("K")

@@ -21,7 +21,7 @@ from typing import Any
 
 from gateway.api.context import Settings
 
-log = logging.getLogger("gateway.serve")
+log = logging.getLogger("gateway.cli.serve")
 
 DEMO_ANALYST = "demo"
 DEMO_SQL = "SELECT device, COUNT(*) AS visits FROM visits GROUP BY device"
@@ -132,7 +132,7 @@ def demo_banner(gw: Any, opts: ServeOptions) -> str:
 
 
 def options_from_args(args: Any) -> ServeOptions:
-    """Map ``gateway serve`` flags (see gateway.cli) onto ServeOptions."""
+    """Map ``gateway serve`` flags (see gateway.cli.main) onto ServeOptions."""
     settings = Settings(workers=args.workers, queue=args.queue,
                         request_timeout_s=args.request_timeout, max_body_bytes=args.max_body)
     return ServeOptions(

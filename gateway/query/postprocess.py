@@ -20,7 +20,7 @@ from sqlglot import exp
 
 from gateway.engine.duckdb import policy_type
 from gateway.errors import BackendError
-from gateway.perturb import NoisyTable
+from gateway.query.perturb import NoisyTable
 from gateway.sql.plan import Plan
 from gateway.sql.postprocess_plan import NOISY_TABLE
 

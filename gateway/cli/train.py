@@ -92,7 +92,7 @@ def run_train(args: argparse.Namespace) -> int:
                             progress=ProgressBar(), **hyper)
             out = m.to_dict()
     except GatewayError as e:
-        from gateway.cli import report_error
+        from gateway.cli.printers import report_error
 
         return report_error(e)
     if args.json:

@@ -31,7 +31,7 @@ from typing import Any
 from gateway.errors import BudgetExceeded, InvalidRequest, LedgerUnavailable, NotFound
 from gateway.privacy.accountant import Accountant, FilterBudget, Sums, certified, fits
 from gateway.privacy.events import PrivacyEvent, event_from_dict
-from gateway.statedb import OWNER, StateDB, alive
+from gateway.state.db import OWNER, StateDB, alive
 
 PENDING_STALE_S = 600.0
 
@@ -170,11 +170,6 @@ class Ledger(StateDB):
                             " scram = ? WHERE dataset = ? AND name = ? AND key_hash IS NULL",
                             (key_hash, role, repr(float(epsilon)), repr(float(delta)), scram,
                              self.dataset, name))
-
-    def set_key(self, name: str, key_hash: str, scram: str | None) -> None:
-        with self._write() as con:
-            con.execute("UPDATE analysts SET key_hash = ?, scram = ? WHERE dataset = ? AND "
-                        "name = ?", (key_hash, scram, self.dataset, name))
 
     def ensure_analyst(self, name: str) -> Analyst:
         """In-process callers are trusted: an unknown analyst gets the default budget."""

@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from gateway.errors import InvalidRequest, LedgerUnavailable
-from gateway.ledger import Ledger
+from gateway.state.ledger import Ledger
 
 MAX_KEY_LENGTH = 255
 PENDING = "pending"

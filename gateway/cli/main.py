@@ -11,9 +11,9 @@ import json
 import os
 import sys
 from collections.abc import Sequence
-from typing import Any
 
-from gateway.errors import BudgetExceeded, GatewayError, QueryRejected
+from gateway.cli.printers import format_table, print_result, report_error
+from gateway.errors import GatewayError
 
 DEFAULT_POLICY = "policies/web.yaml"
 DEFAULT_STATE = ".gateway/state.db"
@@ -106,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="create an analyst and run a few DP queries")
     _common(d)
 
-    from gateway.training.cli import add_train_parser
+    from gateway.cli.train import add_train_parser
 
     add_train_parser(sub)  # takes --policy and --state itself
     return parser
@@ -115,18 +115,18 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "sample-data":
-        from gateway.sample_data import main as sample_main
+        from gateway.cli.sample_data import main as sample_main
 
         return sample_main(["--rows", args.rows, "--out", args.out, "--seed", args.seed])
     if args.command == "train":
-        from gateway.training.cli import run_train
+        from gateway.cli.train import run_train
 
         return run_train(args)
     if getattr(args, "url", None):
         return _run_remote(args)
     try:
         if args.command == "serve":
-            from gateway.serve import main as serve_main
+            from gateway.cli.serve import main as serve_main
 
             return serve_main(args)
         return _run(args)
@@ -134,31 +134,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return report_error(e)
 
 
-def report_error(e: GatewayError) -> int:
-    """Print a gateway error for a person; the exit code says which kind it was."""
-    if isinstance(e, BudgetExceeded):
-        print(f"budget exceeded: {e.detail}", file=sys.stderr)
-        return 3
-    if isinstance(e, QueryRejected):
-        print(f"rejected: {e.detail}", file=sys.stderr)
-        if e.span is not None:
-            print(f"  at: {e.span.text!r} (characters {e.span.start}-{e.span.end})",
-                  file=sys.stderr)
-        return 2
-    print(f"error: {e.detail}", file=sys.stderr)
-    return 1
-
-
 def _run(args: argparse.Namespace) -> int:
     from gateway.service import Gateway
 
     if args.command == "demo":
-        from gateway.demo import run_demo
+        from gateway.cli.demo import run_demo
 
         return run_demo(args.policy, args.state)
     with Gateway.open(args.policy, args.state) as gw:
         if args.command == "query":
-            _print_result(gw.query(args.sql, analyst=args.analyst, epsilon=args.epsilon,
+            print_result(gw.query(args.sql, analyst=args.analyst, epsilon=args.epsilon,
                                    delta=args.delta, mechanism=args.mechanism), args.json)
         elif args.command == "explain":
             ex = gw.explain(args.sql, epsilon=args.epsilon, delta=args.delta,
@@ -191,7 +176,7 @@ def _run_remote(args: argparse.Namespace) -> int:
     try:
         with client.connect(args.url, api_key=args.key) as conn:
             if args.command == "query":
-                _print_result(conn.query(args.sql, epsilon=args.epsilon, delta=args.delta,
+                print_result(conn.query(args.sql, epsilon=args.epsilon, delta=args.delta,
                                          mechanism=args.mechanism), args.json)
             elif args.command == "explain":
                 print(json.dumps(conn.explain(args.sql, epsilon=args.epsilon, delta=args.delta,
@@ -218,58 +203,6 @@ def _run_remote(args: argparse.Namespace) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     return 0
-
-
-def _print_result(r: Any, as_json: bool) -> None:
-    """A released result (in-process or from the client): the table on stdout, what it
-    cost and how accurate it is on stderr."""
-    if as_json:
-        print(json.dumps(r.to_dict(), indent=2))
-        return
-    print(format_table([c.name for c in r.columns], r.rows))
-    print(describe_release(r.to_dict()), file=sys.stderr)
-
-
-def describe_release(result: dict[str, Any]) -> str:
-    parts = [f"epsilon spent {result['epsilon_spent']:g}, delta spent {result['delta_spent']:g}"
-             + (" (cached answer: free)" if result.get("cached") else "")]
-    budget = result.get("budget") or {}
-    if budget:
-        parts.append(f"remaining epsilon {budget['epsilon_remaining']:.4g}, "
-                     f"delta {budget['delta_remaining']:.3g}")
-    for acc in result.get("accuracy", []):
-        ci = acc.get("ci95")
-        parts.append(f"{acc['column']}: {acc['mechanism']} noise, scale "
-                     f"{acc['noise_scale']:.4g}" + (f", 95% within ±{ci:.4g}" if ci else ""))
-    return "\n".join(parts)
-
-
-def format_table(names: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    cells = [[_fmt(v) for v in row] for row in rows]
-    widths = [max([len(n)] + [len(r[i]) for r in cells]) for i, n in enumerate(names)]
-    line = "-+-".join("-" * w for w in widths)
-    out = [" | ".join(n.ljust(w) for n, w in zip(names, widths, strict=True)), line]
-    for r in cells:
-        out.append(" | ".join(v.rjust(w) if _numeric(v) else v.ljust(w)
-                              for v, w in zip(r, widths, strict=True)))
-    out.append(f"({len(rows)} row{'s' if len(rows) != 1 else ''})")
-    return "\n".join(out)
-
-
-def _fmt(v: Any) -> str:
-    if v is None:
-        return "NULL"
-    if isinstance(v, float):
-        return f"{v:.6g}" if abs(v) < 1e15 else f"{v:.6e}"
-    return str(v)
-
-
-def _numeric(s: str) -> bool:
-    try:
-        float(s)
-        return True
-    except ValueError:
-        return False
 
 
 if __name__ == "__main__":  # pragma: no cover

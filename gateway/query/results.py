@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from gateway.perturb import NoisyStats
-from gateway.postprocess import Column
+from gateway.query.perturb import NoisyStats
+from gateway.query.postprocess import Column
 
 
 @dataclass(frozen=True)

@@ -27,11 +27,11 @@ from typing import Any
 
 import numpy as np
 
-from gateway.calibrate import Calibration, StatNoise
 from gateway.engine.base import ResultSet
 from gateway.privacy.partition_selection import select_partitions
 from gateway.privacy.random import RandomSource
 from gateway.privacy.samplers import discrete_laplace, rounded_gaussian, rounded_laplace
+from gateway.query.noise import Calibration, StatNoise
 from gateway.sql.plan import AggSpec, Plan
 
 

@@ -1,4 +1,4 @@
-"""asyncio client for `gateway serve`: the same calls as :mod:`gateway.client`, awaitable.
+"""asyncio client for `gateway serve`: the same calls as :mod:`gateway.client.http`, awaitable.
 
     async with connect_async(url, api_key) as conn:
         df = (await conn.query("SELECT COUNT(*) FROM visits", epsilon=0.1)).to_pandas()
@@ -17,7 +17,7 @@ from typing import Any
 
 import httpx
 
-from gateway.client import (
+from gateway.client.http import (
     RETRY_STATUSES,
     InterfaceError,
     OperationalError,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 
-from gateway.cli import describe_release, format_table
+from gateway.cli.printers import describe_release, format_table
 from gateway.errors import BudgetExceeded, QueryRejected
 from gateway.service import Gateway
 
