@@ -43,9 +43,12 @@ class EngineSpec(_Strict):
     threads: int = Field(default=2, ge=1, le=256)
 
     @model_validator(mode="after")
-    def _needs_location(self) -> EngineSpec:
-        if self.kind == "postgres" and not self.dsn:
-            raise ValueError("engine kind 'postgres' needs a dsn, e.g. dsn: postgresql://host/db")
+    def _available(self) -> EngineSpec:
+        # Accepting a kind no executor implements would fail later, or worse, run
+        # with a dialect whose guards were never checked.
+        if self.kind != "duckdb":
+            raise ValueError(f"engine kind {self.kind!r} is not available in this version; "
+                             "use kind: duckdb")
         return self
 
 

@@ -76,7 +76,8 @@ class Gateway:
             for name, spec in model.tables.items()
         ]
         self.executor = open_executor(policy, sources)
-        self.domains = DomainFinder(self.executor.distinct_values, model.limits.max_groups)
+        self.domains = DomainFinder(self.executor.distinct_values, self.executor.scratch,
+                                    model.limits.max_groups)
         self._check_public_refs()
         self._check_declared_keys()
         self.post = PostProcessor()
@@ -138,7 +139,6 @@ class Gateway:
         self._closed.set()
         self.ledger.close()
         self.post.close()
-        self.domains.close()
         self.executor.close()
 
     def __enter__(self) -> Gateway:
@@ -213,7 +213,7 @@ class Gateway:
             return found
         plan = self._plans.get_or((dialect, sql), lambda: self.plan(sql, dialect=dialect))
         if plan.public_query is not None:
-            text = plan.public_query.sql(dialect=self.executor.dialect)
+            text = self.executor.render(plan.public_query)
             return self._prepared.put(key, Prepared(key, plan, None, plan.public_query, text,
                                                     None, False))
         cal = calibrate(plan, epsilon, delta, mechanism)
@@ -228,7 +228,7 @@ class Gateway:
 
     def _rewrite(self, plan: Plan, cal: Calibration) -> tuple[exp.Expr, str, bool]:
         tree = rewrite(plan, cal.grids, self.executor)
-        rewritten = tree.sql(dialect=self.executor.dialect)
+        rewritten = self.executor.render(tree)
         salted = any(p.name == SALT for p in tree.find_all(exp.Placeholder))
         self.executor.check(tree, sql=rewritten)
         return tree, rewritten, salted
@@ -319,7 +319,7 @@ class Gateway:
         eps, dlt, mech = self._request(epsilon, delta, mechanism)
         plan = self.plan(sql, dialect=dialect)
         if plan.public_query is not None:
-            return Explanation(plan.public_query.sql(dialect=self.executor.dialect), [], None,
+            return Explanation(self.executor.render(plan.public_query), [], None,
                                0.0, 0.0, [])
         cal = calibrate(plan, eps, dlt, mech)
         tree = rewrite(plan, cal.grids, self.executor)
@@ -347,7 +347,7 @@ class Gateway:
                  "public_domain_size": None if k.domain is None else len(k.domain)}
                 for k in plan.keys]
         accuracy = self._accuracy(plan, cal, None, None)
-        return Explanation(tree.sql(dialect=self.executor.dialect, pretty=True), aggregates, ps,
+        return Explanation(self.executor.render(tree, pretty=True), aggregates, ps,
                            cal.epsilon, cal.delta, accuracy, keys)
 
     # -- analysts and budgets ---------------------------------------------------------

@@ -60,7 +60,8 @@ class ApiContext:
                              retry_after_s=settings.retry_after_s)
         # A claim older than the longest a request can run was left by a dead server.
         self.idempotency = IdempotencyStore(
-            gateway.ledger, ttl_s=settings.idempotency_ttl_s,
+            gateway.ledger, gateway.ledger.dataset, gateway.ledger.audit,
+            ttl_s=settings.idempotency_ttl_s,
             stale_after_s=max(120.0, 2 * settings.request_timeout_s))
 
     async def run(self, fn: Callable[[], Any]) -> Any:

@@ -30,12 +30,37 @@ class SourceTable:
     row_id: str | None = None
 
 
+# What a dialect must be able to express, by the node kinds that need it.  sqlglot
+# renders some of them silently wrong for other dialects (TRY_CAST as plain CAST for
+# PostgreSQL, TRY(...) dropped for Spark), which would lose the guarantee that no
+# row makes the query fail: so a tree is checked before it is rendered.
+NEEDS: dict[type[exp.Expr], str] = {
+    exp.Try: "guard", exp.TryCast: "try_cast", exp.IsNan: "isnan",
+    exp.Placeholder: "named_parameters",
+}
+
+
+class CannotExpress(Exception):
+    """The engine's dialect cannot express a construct the plan relies on."""
+
+
+def check_expressible(tree: exp.Expr, features: frozenset[str]) -> None:
+    """Raise CannotExpress if ``tree`` uses a construct outside ``features``."""
+    for node in tree.walk():
+        need = NEEDS.get(type(node))
+        if need is not None and need not in features:
+            raise CannotExpress(need)
+        if isinstance(node, exp.Select) and node.args.get("qualify") and \
+                "qualify" not in features:
+            raise CannotExpress("qualify")
+
+
 @dataclass(frozen=True)
 class ResultSet:
-    """Column-oriented result: names, engine type names and one sequence per column."""
+    """Column-oriented result: names, policy types and one sequence per column."""
 
     names: tuple[str, ...]
-    types: tuple[str, ...]
+    types: tuple[str, ...]  # int, float, text, bool, date, timestamp, or unknown
     columns: tuple[Any, ...]  # one array-like (numpy array or list) per column
 
     @property
@@ -57,9 +82,25 @@ class ReadPermit(Protocol):
 
 
 class Executor(Protocol):
-    """Runs trees the planner built; knows how to say a few things in its dialect."""
+    """Runs trees the planner built; knows how to say a few things in its dialect.
+
+    Every dialect-specific construct the planner needs comes from here: the guard,
+    the keyed hash, the NaN test, a data-free scratch evaluator for public values
+    and constants, and the rendering of a tree, which refuses constructs outside
+    ``features`` instead of letting them degrade silently.
+    """
 
     dialect: str
+    features: frozenset[str]
+
+    def render(self, tree: exp.Expr, *, pretty: bool = False) -> str:
+        """SQL text of ``tree`` in this dialect; QueryRejected if it cannot be expressed."""
+        ...
+
+    def scratch(self, sql: exp.Expr) -> list[tuple[Any, ...]] | None:
+        """Evaluate a query that reads no table on a connection holding no data; None if
+        it fails (key domains over public values, constants)."""
+        ...
 
     def execute(
         self, tree: exp.Expr, *, permit: ReadPermit | None = None,

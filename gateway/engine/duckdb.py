@@ -8,7 +8,8 @@ run on a private copy that no one else can modify under them.
 
 Two more connections hold no private data: a *shadow* with the same tables,
 empty, where queries are bound and planned before anything is charged (so a
-planning error cannot depend on the data), and nothing else.  A tree that names
+planning error cannot depend on the data), and a *scratch* connection with no
+tables at all, where public values and constants are evaluated.  A tree that names
 a protected table runs only with a committed charge (a ReadPermit).
 """
 
@@ -23,7 +24,13 @@ from typing import Any
 import duckdb
 from sqlglot import exp
 
-from gateway.engine.base import ReadPermit, ResultSet, SourceTable
+from gateway.engine.base import (
+    CannotExpress,
+    ReadPermit,
+    ResultSet,
+    SourceTable,
+    check_expressible,
+)
 from gateway.errors import BackendError, InternalError, PolicyError, QueryRejected
 
 log = logging.getLogger(__name__)
@@ -74,6 +81,7 @@ _COMPATIBLE = {
 
 class DuckDBExecutor:
     dialect = "duckdb"
+    features = frozenset({"guard", "try_cast", "isnan", "named_parameters", "qualify"})
 
     def __init__(
         self,
@@ -106,12 +114,15 @@ class DuckDBExecutor:
         self._shadow = duckdb.connect(":memory:", config={
             "autoload_known_extensions": False, "autoinstall_known_extensions": False,
             "threads": 1, "memory_limit": "256MB"})
+        self._scratch = duckdb.connect(":memory:", config={
+            "autoload_known_extensions": False, "autoinstall_known_extensions": False,
+            "threads": 1, "memory_limit": "512MB"})
         for name, types in self._types.items():
             cols = ", ".join(f"{_quote_ident(c)} {CANONICAL[t]}" for c, t in types.items())
             self._shadow.execute(f"CREATE TABLE {_quote_ident(name)} ({cols})")
         # Lock down only after every source is loaded: from here on no statement
         # can read or write a file, load an extension or change a setting.
-        for con in (self._con, self._shadow):
+        for con in (self._con, self._shadow, self._scratch):
             con.execute("SET enable_external_access = false")
             con.execute("SET lock_configuration = true")
         self._lock = threading.Lock()
@@ -250,7 +261,7 @@ class DuckDBExecutor:
             log.error("refused to read protected rows without a committed charge")
             raise InternalError("the query reads protected data but no charge was committed "
                                 "for it; nothing was read")
-        sql = sql if sql is not None else tree.sql(dialect="duckdb")
+        sql = sql if sql is not None else self.render(tree)
         query_id = permit.query_id if permit is not None else None
         return self._run(sql, dict(params or {}), timeout_s, query_id)
 
@@ -289,7 +300,7 @@ class DuckDBExecutor:
                 timer.cancel()
             cur.close()
         names = tuple(d[0] for d in desc)
-        types = tuple(str(d[1]) for d in desc)
+        types = tuple(policy_type(str(d[1])) for d in desc)
         return ResultSet(names, types, tuple(data[n] for n in names))
 
     def check(self, tree: exp.Expr, sql: str | None = None) -> None:
@@ -297,7 +308,7 @@ class DuckDBExecutor:
         errors which do not depend on data (a constant that does not convert, a function
         given the wrong types) are reported before any budget is charged, and so that
         the outcome cannot depend on data.  Remembered per text."""
-        sql = sql if sql is not None else tree.sql(dialect="duckdb")
+        sql = sql if sql is not None else self.render(tree)
         if sql in self._checked:
             return
         params = {"salt": 0} if any(p.name == "salt" for p in tree.find_all(exp.Placeholder)) \
@@ -324,6 +335,25 @@ class DuckDBExecutor:
                 self._checked.clear()
             self._checked.add(sql)
 
+    def render(self, tree: exp.Expr, *, pretty: bool = False) -> str:
+        try:
+            check_expressible(tree, self.features)
+        except CannotExpress as e:  # pragma: no cover - DuckDB has every feature
+            raise QueryRejected(f"the engine cannot express {e} safely",
+                                hint="simplify the query", rule="engine") from None
+        return tree.sql(dialect=self.dialect, pretty=pretty)
+
+    def scratch(self, sql: exp.Expr) -> list[tuple[Any, ...]] | None:
+        text = sql.sql(dialect=self.dialect)
+        with self._lock:
+            cur = self._scratch.cursor()
+            try:
+                return cur.execute(text).fetchall()
+            except duckdb.Error:
+                return None
+            finally:
+                cur.close()
+
     def keyed_hash(self, args: list[exp.Expr], salt: exp.Expr) -> exp.Expr:
         return exp.Anonymous(this="hash", expressions=[*args, salt])
 
@@ -337,6 +367,7 @@ class DuckDBExecutor:
         with self._lock:
             self._con.close()
             self._shadow.close()
+            self._scratch.close()
 
 
 def _quote_ident(name: str) -> str:

@@ -52,9 +52,17 @@ from gateway.privacy.events import (
 )
 from gateway.privacy.samplers import MAX_DISCRETE_SCALE
 from gateway.sql.plan import Plan, StatSpec
-from gateway.sql.rewrite import Grid
 
 NoiseKind = Literal["discrete_laplace", "laplace", "gaussian", "none"]
+
+
+@dataclass(frozen=True)
+class Grid:
+    """How a statistic is put on the integer grid of its noise (Mironov 2012): the
+    rewrite sums per-unit values as integers in units of ``step``."""
+
+    step: float  # value units per integer unit; a power of two (1 for integer statistics)
+    integral: bool  # per-unit contributions are integers already
 
 
 @dataclass(frozen=True)

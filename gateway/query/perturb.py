@@ -139,7 +139,7 @@ def _keep_in_domain(plan: Plan, engine_keys: list[tuple[Any, ...]]) -> np.ndarra
 def _add_noise(exact: np.ndarray, noise: StatNoise, rng: RandomSource) -> np.ndarray:
     """Exact sums (grid units) + integer noise, back in value units."""
     n = len(exact)
-    if noise.kind == "none" or n == 0:
+    if noise.kind == "none":
         return exact * noise.grid.step
     if noise.kind == "discrete_laplace":
         k = discrete_laplace(noise.scale, n, rng)

@@ -67,7 +67,7 @@ class PostProcessor:
 
     def run_public(self, rows: list[tuple[Any, ...]], names: list[str], types: list[str]
                    ) -> tuple[list[Column], list[tuple[Any, ...]]]:
-        return ([Column(n, policy_type(t)) for n, t in zip(names, types, strict=True)],
+        return ([Column(n, t) for n, t in zip(names, types, strict=True)],
                 [tuple(_clean(_plain(v)) for v in row) for row in rows])
 
     def close(self) -> None:

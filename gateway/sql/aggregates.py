@@ -97,9 +97,12 @@ class AggregateBuilder:
         if arg is None or isinstance(arg, exp.Star):
             indicator: exp.Expr = exp.Literal.number(1)
         else:
+            kind = self.values.typer.type_of(arg).kind
             value = self.values.typer.engine(arg.copy())
-            indicator = exp.Case(ifs=[exp.If(this=exp.Not(this=exp.Is(
-                this=value, expression=exp.Null())), true=exp.Literal.number(1))])
+            present: exp.Expr = exp.Not(this=exp.Is(this=value, expression=exp.Null()))
+            if kind in ("double", "decimal"):  # NaN is no value, as in every aggregate
+                present = exp.and_(present, exp.Not(this=self.values.is_nan(value.copy())))
+            indicator = exp.Case(ifs=[exp.If(this=present, true=exp.Literal.number(1))])
         stat = self._stat("sum", _gate(indicator, cond), 0.0, 1.0, True)
         return AggSpec(name, "count", key, (stat,), 0.0, 1.0, True, label)
 

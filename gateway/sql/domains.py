@@ -19,7 +19,6 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-import duckdb
 from sqlglot import exp
 
 from gateway.sql.scope import ColInfo, Scope
@@ -28,23 +27,20 @@ CANONICAL = {"int": "BIGINT", "float": "DOUBLE", "text": "VARCHAR", "bool": "BOO
              "date": "DATE", "timestamp": "TIMESTAMP"}
 
 DistinctValues = Callable[[str, str, int], list[Any] | None]
+Scratch = Callable[[exp.Expr], list[tuple[Any, ...]] | None]
 
 
 class DomainFinder:
     """Computes key domains; one per Gateway, thread-safe, caching public values."""
 
-    def __init__(self, distinct_values: DistinctValues, limit: int) -> None:
+    def __init__(self, distinct_values: DistinctValues, scratch: Scratch, limit: int) -> None:
         self._distinct = distinct_values
+        self._scratch = scratch
         self.limit = limit
         self._cache: dict[tuple[str, str], list[Any] | None] = {}
         self._domains: dict[tuple[str, tuple[ColInfo, ...]], list[Any] | None] = {}
         self._constants: dict[str, bool] = {}
         self._lock = threading.Lock()
-        self._scratch = duckdb.connect(":memory:", config={
-            "autoload_known_extensions": False, "autoinstall_known_extensions": False,
-            "threads": 1, "memory_limit": "512MB"})
-        self._scratch.execute("SET enable_external_access = false")
-        self._scratch.execute("SET lock_configuration = true")
 
     def column_domain(self, info: ColInfo) -> list[Any] | None:
         if info.sensitive:
@@ -132,40 +128,27 @@ class DomainFinder:
         else:
             query = exp.select(expr.as_("k"))
         wrapped = exp.select("k").from_(query.subquery("d")).where("k IS NOT NULL").order_by("k")
-        text = wrapped.sql(dialect="duckdb")
-        with self._lock:
-            cur = self._scratch.cursor()
-            try:
-                out = [r[0] for r in cur.execute(text).fetchall()]
-            except duckdb.Error:
-                return None
-            finally:
-                cur.close()
+        found = self._scratch(wrapped)
+        if found is None:
+            return None
+        out = [r[0] for r in found]
         return out if len(out) <= self.limit else None
 
     def constant_ok(self, expr: exp.Expr) -> bool:
         """Does a constant expression (no columns) evaluate without error?  Checked
         at planning, so a bad literal is a rejection, not a charged engine error."""
-        text = exp.select(expr.copy()).sql(dialect="duckdb")
+        query = exp.select(expr.copy())
+        text = query.sql(dialect="duckdb")
         with self._lock:
             known = self._constants.get(text)
-            if known is not None:
-                return known
-            cur = self._scratch.cursor()
-            try:
-                cur.execute(text).fetchall()
-                ok = True
-            except duckdb.Error:
-                ok = False
-            finally:
-                cur.close()
-            if len(self._constants) > 10_000:
-                self._constants.clear()
-            self._constants[text] = ok
-            return ok
+        if known is None:
+            known = self._scratch(query) is not None
+            with self._lock:
+                if len(self._constants) > 10_000:
+                    self._constants.clear()
+                self._constants[text] = known
+        return known
 
-    def close(self) -> None:
-        self._scratch.close()
 
 
 def typed_literal(value: Any, kind: str) -> exp.Expr:

@@ -36,7 +36,7 @@ dialect hooks (guard, keyed hash, NaN test) are used.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from sqlglot import exp
 
@@ -46,15 +46,10 @@ from gateway.sql.plan import KeySpec, Plan
 from gateway.sql.relations import SALT
 from gateway.sql.verify import verify_total
 
+if TYPE_CHECKING:
+    from gateway.query.noise import Grid
+
 MAX_IN_LIST = 1000
-
-
-@dataclass(frozen=True)
-class Grid:
-    """How a statistic is put on the integer grid of its noise."""
-
-    step: float  # value units per integer unit; a power of two (1 for integer statistics)
-    integral: bool  # per-unit contributions are integers already
 
 
 def rewrite(plan: Plan, grids: Mapping[str, Grid], executor: Executor) -> exp.Select:

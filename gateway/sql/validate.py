@@ -98,6 +98,10 @@ _EXPLAINED: dict[type[exp.Expr], tuple[str, str]] = {
               "bucket values with FLOOR(x / n) or CASE instead"),
     exp.Exists: ("subqueries in WHERE are not supported",
                  "join the table in FROM instead"),
+    exp.WithinGroup: ("quantiles (PERCENTILE_CONT / PERCENTILE_DISC ... WITHIN GROUP) are not "
+                      "supported yet",
+                      "estimate the distribution with a histogram: GROUP BY a bucketed value "
+                      "(CASE or FLOOR(x / width)) with COUNT(*)"),
     exp.Placeholder: ("query parameters must be bound before planning",
                       "bind the parameter values (the client library does this)"),
     exp.Parameter: ("query parameters must be bound before planning",
@@ -144,7 +148,8 @@ def _check_node(node: exp.Expr, sql: str, tables: set[str], ctes: set[str]) -> N
         _check_not_nested(node, sql)
     if kind in _EXPLAINED:
         msg, hint = _EXPLAINED[kind]
-        raise _reject(node, sql, msg, hint, rule=kind.__name__.lower())
+        rule = "aggregate" if kind is exp.WithinGroup else kind.__name__.lower()
+        raise _reject(node, sql, msg, hint, rule=rule)
     if kind not in ALLOWED_NODES:
         if isinstance(node, exp.Func):
             raise _reject(node, sql, f"function {_func_name(node)}() is not allowed",

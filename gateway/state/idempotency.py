@@ -3,8 +3,8 @@
 Clients retry: a timeout, a dropped connection or a 503 leaves them unsure
 whether the gateway ran their query (and charged for it).  With an
 ``Idempotency-Key`` (draft-ietf-httpapi-idempotency-key-header) the first
-request *claims* the key for its analyst in the ledger's ``idempotency`` table,
-inside the ledger's write transaction, and stores its answer there when it is
+request *claims* the key for its analyst in the state database's ``idempotency`` table,
+inside an IMMEDIATE write transaction, and stores its answer there when it is
 done.  A later request with the same key:
 
 * finds the answer → gets it back, byte for byte, free (and it is audited);
@@ -18,7 +18,7 @@ gone (a crashed server: the ledger is a local SQLite file, so every claimant
 ran on this host) is taken over at once, any other after ``stale_after_s``.
 Keys are per analyst: another analyst's key never matches.
 
-The table lives in the ledger's database, written in the same kind of
+The table lives in the state database (beside the ledger's), written in the same kind of
 ``BEGIN IMMEDIATE`` transaction as a charge, but on connections of its own with
 ``synchronous=NORMAL``: a claim survives a crashed *process* (what retries are
 for) without an fsync per request.  Power loss may forget a stored answer;
@@ -35,12 +35,13 @@ import sqlite3
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from gateway.errors import InvalidRequest, LedgerUnavailable
-from gateway.state.ledger import Ledger
+from gateway.state.db import StateDB
 
 MAX_KEY_LENGTH = 255
 PENDING = "pending"
@@ -86,10 +87,18 @@ def fingerprint(*parts: Any) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
+Audit = Callable[[str, str, None, float, float, str, str, str | None], None]
+
+
 class IdempotencyStore:
-    def __init__(self, ledger: Ledger, *, ttl_s: float = 86_400.0,
+    """Claims and stored answers in the state database's ``idempotency`` table; replays
+    are recorded through ``audit`` (the ledger's audit log)."""
+
+    def __init__(self, db: StateDB, dataset: str, audit: Audit, *, ttl_s: float = 86_400.0,
                  stale_after_s: float = 600.0) -> None:
-        self.ledger = ledger
+        self.db = db
+        self.dataset = dataset
+        self.audit = audit
         self.ttl_s = ttl_s
         self.stale_after_s = stale_after_s
         self.owner = f"{os.getpid()}:{uuid.uuid4().hex[:12]}"
@@ -99,10 +108,10 @@ class IdempotencyStore:
     def _con(self) -> sqlite3.Connection:
         # Claims need no fsync: a lost claim after a power cut means a retry runs
         # again, and the ledger's own charge (fsynced) stops a second charge.
-        return self.ledger.connection(relaxed=True)
+        return self.db.connection(relaxed=True)
 
     def _write(self) -> AbstractContextManager[sqlite3.Connection]:
-        return self.ledger.transaction(relaxed=True)
+        return self.db.transaction(relaxed=True)
 
     # -- claiming ------------------------------------------------------------------
 
@@ -114,7 +123,7 @@ class IdempotencyStore:
             row = con.execute(
                 "SELECT status, response, created FROM idempotency "
                 "WHERE dataset = ? AND analyst = ? AND key = ?",
-                (self.ledger.dataset, analyst, key)).fetchone()
+                (self.dataset, analyst, key)).fetchone()
             if row is not None:
                 found = self._decode(row, digest)
                 if found.state != PENDING or not (now - row[2] >= self.stale_after_s
@@ -124,7 +133,7 @@ class IdempotencyStore:
             con.execute(
                 "INSERT OR REPLACE INTO idempotency (analyst, key, dataset, status, "
                 "response, created) VALUES (?, ?, ?, ?, ?, ?)",
-                (analyst, key, self.ledger.dataset, PENDING,
+                (analyst, key, self.dataset, PENDING,
                  json.dumps({"fingerprint": digest, "owner": self.owner}), now))
         return Claim("new")
 
@@ -134,7 +143,7 @@ class IdempotencyStore:
             row = self._con().execute(
                 "SELECT status, response, created FROM idempotency "
                 "WHERE dataset = ? AND analyst = ? AND key = ?",
-                (self.ledger.dataset, analyst, key)).fetchone()
+                (self.dataset, analyst, key)).fetchone()
         except sqlite3.Error as e:
             raise LedgerUnavailable(f"the ledger is unavailable ({type(e).__name__})") from None
         return Claim("new") if row is None else self._decode(row, digest)
@@ -156,14 +165,14 @@ class IdempotencyStore:
         with self._write() as con:
             con.execute("UPDATE idempotency SET status = ?, response = ? "
                         "WHERE dataset = ? AND analyst = ? AND key = ?",
-                        (DONE, payload, self.ledger.dataset, analyst, key))
+                        (DONE, payload, self.dataset, analyst, key))
 
     def release(self, analyst: str, key: str) -> None:
         """Forget a pending claim (a transient failure): the retry will run again."""
         try:
             with self._write() as con:
                 con.execute("DELETE FROM idempotency WHERE dataset = ? AND analyst = ? AND "
-                            "key = ? AND status = ?", (self.ledger.dataset, analyst, key, PENDING))
+                            "key = ? AND status = ?", (self.dataset, analyst, key, PENDING))
         except LedgerUnavailable:
             pass  # it goes stale and is taken over later
 
@@ -171,7 +180,7 @@ class IdempotencyStore:
         """A replay releases nothing new, but the audit log still shows the request."""
         query_id = stored.body.get("query_id") or stored.body.get("model_id")
         outcome = "replayed" if stored.status < 400 else f"replayed:{stored.body.get('type')}"
-        self.ledger.audit(analyst, action, None, 0.0, 0.0, outcome,
+        self.audit(analyst, action, None, 0.0, 0.0, outcome,
                           "answer returned from an Idempotency-Key", query_id)
 
     def _maybe_purge(self) -> None:
@@ -182,7 +191,7 @@ class IdempotencyStore:
             self._purged = now
             with self._write() as con:
                 con.execute("DELETE FROM idempotency WHERE dataset = ? AND status = ? AND "
-                            "created < ?", (self.ledger.dataset, DONE, now - self.ttl_s))
+                            "created < ?", (self.dataset, DONE, now - self.ttl_s))
         except LedgerUnavailable:
             pass
         finally:

@@ -16,7 +16,8 @@ from gateway.state.ledger import Ledger
 
 @pytest.fixture
 def store(tmp_path: Path) -> IdempotencyStore:
-    return IdempotencyStore(Ledger(tmp_path / "s.db", "web", (1.0, 0.0), (1.0, 0.0)))
+    led = Ledger(tmp_path / "s.db", "web", (1.0, 0.0), (1.0, 0.0))
+    return IdempotencyStore(led, led.dataset, led.audit)
 
 
 def test_claim_wait_then_replay(store: IdempotencyStore) -> None:

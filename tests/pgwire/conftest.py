@@ -2,7 +2,7 @@
 
 The server runs in a background thread with its own event loop, exactly as
 ``gateway serve`` runs it beside uvicorn.  The test dataset mirrors what the BI
-catalog corpus (../shared/bi/catalog_queries.json) expects: a private
+catalog corpus (fixtures/catalog_queries.json) expects: a private
 ``visits`` table with ``city`` and ``amount`` and a public ``clubs`` table.
 It has 1237 rows and 401 users, two numbers no catalog answer may ever show.
 """
@@ -28,7 +28,7 @@ from gateway.pgwire import PgWireServer
 
 ROWS, USERS = 1237, 401
 CITIES = ["Paris", "Lyon", "Nice", "Lille"]
-CORPUS = Path(__file__).resolve().parents[3] / "shared" / "bi" / "catalog_queries.json"
+CORPUS = Path(__file__).resolve().parent / "fixtures" / "catalog_queries.json"
 
 POLICY = """\
 dataset: bi
@@ -155,6 +155,4 @@ def run_client(code: str, *args: str, timeout: float = 60) -> Any:
 
 
 def corpus() -> dict[str, list[str]]:
-    if not CORPUS.exists():
-        return {}
     return json.loads(CORPUS.read_text())

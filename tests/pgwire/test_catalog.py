@@ -1,7 +1,7 @@
 """The catalog: what BI tools send on connect, and that it never reveals data.
 
-The replay corpus is ../shared/bi/catalog_queries.json (79 queries from nine
-tools; see its README).  Each tool's queries run in order on one connection,
+The replay corpus is fixtures/catalog_queries.json (79 queries from nine tools;
+see its README).  Each tool's queries run in order on one connection,
 as the tool would send them, through both the simple and (for single
 statements) the extended protocol.
 """
@@ -17,8 +17,6 @@ from psycopg import errors, pq
 from tests.pgwire.conftest import ROWS, USERS, ServerThread, corpus
 
 CORPUS = corpus()
-needs_corpus = pytest.mark.skipif(not CORPUS, reason="../shared/bi/catalog_queries.json "
-                                  "is not present beside the project")
 
 
 def _replay(conn: psycopg.Connection, queries: list[str]) -> tuple[list[str], list[Any]]:
@@ -41,7 +39,6 @@ def _replay(conn: psycopg.Connection, queries: list[str]) -> tuple[list[str], li
     return failures, values
 
 
-@needs_corpus
 @pytest.mark.parametrize("tool", sorted(CORPUS))
 def test_catalog_corpus_replays_without_error(pg: ServerThread, tool: str) -> None:
     name, key = pg.analyst()
@@ -53,7 +50,6 @@ def test_catalog_corpus_replays_without_error(pg: ServerThread, tool: str) -> No
     assert not [v for v in shown if v in real]
 
 
-@needs_corpus
 def test_corpus_has_79_queries_from_nine_tools() -> None:
     assert sum(len(v) for v in CORPUS.values()) == 79 and len(CORPUS) == 9
 

@@ -1,7 +1,7 @@
 WITH "__dp_rows" AS (
   SELECT
     "visits"."user_id" AS "__dp_unit",
-    CASE WHEN NOT duration_s IS NULL THEN 1 END AS "__dp_v0"
+    CASE WHEN NOT duration_s IS NULL AND NOT ISNAN(duration_s) THEN 1 END AS "__dp_v0"
   FROM visits
   WHERE
     NOT "visits"."user_id" IS NULL

@@ -1,0 +1,119 @@
+"""The charge is the composition of what the samplers were given (never set beside).
+
+Every golden query and a few with partition selection run under both mechanisms
+with the samplers spied on.  From the parameters each sampler received (a scale
+per statistic, (ε, δ) for partition selection) and the sensitivities derived
+independently from the plan, the test recomposes the privacy cost, and it must
+equal the (ε, δ) the ledger was charged.  Running partition selection at the full
+δ while its event says δ/2, or a noise scale that does not match its ε, fails
+here.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from gateway import Gateway
+from gateway.privacy import calibration
+from gateway.query import perturb
+
+HERE = Path(__file__).resolve().parents[1] / "sql" / "golden"
+CASES = [c["sql"] for c in yaml.safe_load((HERE / "cases.yaml").read_text())]
+PARTITIONS = [
+    "SELECT duration_s, COUNT(*) FROM visits GROUP BY duration_s",
+    "SELECT spend, AVG(age) AS a, COUNT(*) AS n FROM visits GROUP BY spend",
+    "SELECT duration_s, device, SUM(spend) FROM visits GROUP BY duration_s, device",
+    "SELECT DISTINCT spend FROM visits",
+]
+
+
+@pytest.fixture(scope="module")
+def gw(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    g = Gateway.open(HERE / "policy.yaml", state=tmp_path_factory.mktemp("inv") / "s.db")
+    yield g
+    g.close()
+
+
+class Spy:
+    def __init__(self) -> None:
+        self.scales: list[tuple[str, float]] = []
+        self.partitions: list[tuple[float, float, int]] = []
+
+
+@pytest.fixture()
+def spy(monkeypatch: pytest.MonkeyPatch) -> Spy:
+    found = Spy()
+    for name in ("discrete_laplace", "rounded_laplace", "rounded_gaussian"):
+        real = getattr(perturb, name)
+
+        def wrapped(scale: float, *args: Any, _real: Any = real, _name: str = name) -> Any:
+            found.scales.append((_name, float(scale)))
+            return _real(scale, *args)
+
+        monkeypatch.setattr(perturb, name, wrapped)
+    real_ps = perturb.select_partitions
+
+    def partitions(units: Any, eps: float, delta: float, l0: int, rng: Any) -> Any:
+        found.partitions.append((eps, delta, l0))
+        return real_ps(units, eps, delta, l0, rng)
+
+    monkeypatch.setattr(perturb, "select_partitions", partitions)
+    return found
+
+
+def _sensitivity(stat: Any, plan: Any, kind: str, step: float) -> float:
+    """Sensitivity in grid units, derived from the plan (not from the calibration)."""
+    l1, l2 = stat.sensitivity(plan.max_rows, plan.max_groups)
+    if kind == "discrete_laplace":
+        return math.ceil(l1 - 1e-9)
+    if kind == "rounded_laplace":
+        return calibration.grid_sensitivity(l1, step, plan.max_groups, "l1") / step
+    integral = stat.kind == "units" or (stat.kind == "sum" and plan.max_groups == 1)
+    if step == 1.0 and integral:
+        return math.ceil(l2 - 1e-9) if stat.kind == "sum" else l2
+    return calibration.grid_sensitivity(l2, step, plan.max_groups, "l2") / step
+
+
+@pytest.mark.parametrize("mechanism", ["laplace", "gaussian"])
+@pytest.mark.parametrize("sql", CASES + PARTITIONS)
+def test_charge_is_the_composition_of_the_samplers_parameters(gw: Gateway, spy: Spy, sql: str,
+                                                                mechanism: str) -> None:
+    epsilon, delta = 0.9, 1e-6
+    prep = gw.prepare(sql, epsilon, delta, mechanism)
+    assert prep.cal is not None
+    result = gw.query(sql, analyst=f"inv-{mechanism}", epsilon=epsilon, delta=delta,
+                      mechanism=mechanism)
+    if result.cached:
+        pytest.skip("answered from the cache: no sampler ran")  # pragma: no cover
+    plan = prep.plan
+    noisy = [s for s in plan.stats if s.sensitivity(plan.max_rows, plan.max_groups)[0] > 0]
+    # Samplers run once per statistic, in plan order (for zero groups, too).
+    assert len(spy.scales) == len(noisy)
+    eps_total, delta_total = 0.0, 0.0
+    if mechanism == "laplace":
+        for stat, (kind, scale) in zip(noisy, spy.scales, strict=True):
+            step = prep.cal.stats[stat.name].grid.step
+            eps_total += _sensitivity(stat, plan, kind, step) / scale
+    elif spy.scales:
+        ratios = [scale / _sensitivity(stat, plan, kind, prep.cal.stats[stat.name].grid.step)
+                  for stat, (kind, scale) in zip(noisy, spy.scales, strict=True)]
+        multiplier = min(ratios) / math.sqrt(len(noisy))
+        assert prep.cal.gaussian is not None
+        eps_g, delta_g = prep.cal.gaussian.epsilon, prep.cal.gaussian.delta
+        # The noise really gives (ε_g, δ_g) (Balle & Wang 2018).
+        assert calibration.gaussian_delta(multiplier, eps_g, 1.0) <= delta_g * (1 + 1e-9)
+        eps_total += eps_g
+        delta_total += delta_g
+    for eps_ps, delta_ps, l0 in spy.partitions:
+        assert l0 == plan.max_groups
+        eps_total += eps_ps
+        delta_total += delta_ps
+    assert result.epsilon_spent == pytest.approx(eps_total, rel=1e-9)
+    assert result.delta_spent == pytest.approx(delta_total, rel=1e-9, abs=1e-18)
+    assert result.epsilon_spent <= epsilon * (1 + 1e-12)
+    assert result.delta_spent <= delta * (1 + 1e-12)
