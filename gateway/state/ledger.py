@@ -376,7 +376,11 @@ class Ledger(StateDB):
 
     def _exceeded(self, con: sqlite3.Connection, scope: str, budget: tuple[float, float],
                   cost: Cost, who: str) -> BudgetExceeded:
-        spent = self._spent(con, scope, budget)
+        # What the filter certifies (the informational PLD figure would cost a
+        # convolution, and the import of SciPy, on every refusal).
+        sums, filter_budget = self._filter(con, scope, budget)
+        eps, dlt = certified(sums, filter_budget)
+        spent = Spent(budget[0], budget[1], eps, dlt, sums.count)
         return BudgetExceeded(
             f"the privacy budget of {who} cannot afford this query: it costs epsilon="
             f"{cost.epsilon:g}, delta={cost.delta:g}; remaining epsilon="
