@@ -227,3 +227,23 @@ def test_filter_sums_are_rebuilt_for_old_state_files(tmp_path: Path) -> None:
     led.close()
     again = Ledger(tmp_path / "state.db", "web", (1e9, 0.5), (100.0, 1e-6))
     assert again._filter(again._con(), "analyst:web:alice", (100.0, 1e-6)) == before
+
+
+def test_settling_admits_the_exact_events_or_keeps_the_reservation(tmp_path: Path) -> None:
+    """A settled charge must still fit the filter with its exact events: their Rényi
+    bounds need not lie below the reserved ones at every order."""
+    from gateway.privacy.events import ApproxDpEvent, SubsampledGaussianEvent
+
+    led = _ledger(tmp_path, (2.0, 1e-3), (1e9, 0.5), renyi_share=0.5)
+    alice = led.analyst("alice")
+    assert alice is not None
+    for i in range(60):  # Σε = 3 > 2: only the Rényi branch admits more
+        led.reserve(alice, f"q{i}", "query", "q", Cost(0.05, 0.0, (LaplaceEvent(0.05),)))
+    r = led.reserve(alice, "train", "train", "q", Cost(0.01, 0.0, (ApproxDpEvent(0.01),)))
+    before = led.charges("alice")[-1]
+    greedy = SubsampledGaussianEvent(0.3, 1.0, 50, 0.01, 0.0)  # far more Rényi cost
+    with pytest.raises(BudgetExceeded, match="reserved charge stays"):
+        led.settle(r, Cost(0.01, 0.0, (greedy,)))
+    assert led.charges("alice")[-1] == before
+    led.settle(r, Cost(0.005, 0.0, (LaplaceEvent(0.005),)))  # cheaper: settles
+    assert led.charges("alice")[-1]["epsilon"] == 0.005

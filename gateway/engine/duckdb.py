@@ -45,6 +45,8 @@ CANONICAL = {
     "timestamp": "TIMESTAMP",
 }
 
+CHECK_TIMEOUT_S = 10.0  # planning a query on the (empty) shadow database
+
 _INT_TYPES = {"TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT", "USMALLINT",
               "UINTEGER", "UBIGINT", "UHUGEINT"}
 _FLOAT_TYPES = {"FLOAT", "DOUBLE", "REAL"}
@@ -315,8 +317,17 @@ class DuckDBExecutor:
             else {}
         with self._lock:
             cur = self._shadow.cursor()
+        # Planning is data-free, but a deep enough query can take long to plan.
+        timer = threading.Timer(CHECK_TIMEOUT_S, cur.interrupt)
+        timer.daemon = True
+        timer.start()
         try:
             cur.execute("EXPLAIN " + sql, params) if params else cur.execute("EXPLAIN " + sql)
+        except duckdb.InterruptException:
+            raise QueryRejected(
+                f"the engine could not plan this query within {CHECK_TIMEOUT_S:g} seconds",
+                hint="simplify it: fewer nested subqueries or CTEs", rule="too_complex",
+            ) from None
         except duckdb.ConversionException:
             raise QueryRejected(
                 "a constant in the query cannot be converted to the type it is compared with",
@@ -329,6 +340,7 @@ class DuckDBExecutor:
                 hint="check that functions get arguments of the right types", rule="engine",
             ) from None
         finally:
+            timer.cancel()
             cur.close()
         with self._lock:
             if len(self._checked) > 10_000:

@@ -103,14 +103,17 @@ class JointGaussian:
     epsilon: float
     delta: float
     members: tuple[StatNoise, ...]
+    multiplier: float  # σ/Δ2 of the joint vector: the joint σ over √k
 
     def event(self) -> GaussianEvent:
         # Each coordinate's σ/Δ2 is the joint σ; the vector of k coordinates has
-        # L2 sensitivity √k, so the noise multiplier is min(σ/Δ2)/√k.  GaussianEvent
-        # checks that this multiplier really gives (ε, δ) (Balle & Wang 2018).
+        # L2 sensitivity √k.  GaussianEvent checks that the multiplier really gives
+        # (ε, δ) (Balle & Wang 2018); no member may have less noise than it says.
         k = len(self.members)
-        multiplier = min(m.scale / m.sensitivity for m in self.members) / math.sqrt(k)
-        return GaussianEvent(multiplier, self.epsilon, self.delta)
+        least = min(m.scale / m.sensitivity for m in self.members) / math.sqrt(k)
+        if least < self.multiplier * (1 - 1e-9):
+            raise ValueError("a Gaussian statistic has less noise than its event claims")
+        return GaussianEvent(self.multiplier, self.epsilon, self.delta)
 
 
 @dataclass(frozen=True)
@@ -196,6 +199,9 @@ def check_budget_request(epsilon: float, delta: float, mechanism: str, *,
                              hint="pass delta=1e-6, or use mechanism='laplace'")
 
 
+# Largest ε per partition given to partition selection (see _partition).
+MAX_PARTITION_EPSILON = 50.0
+
 # Largest per-unit contribution in grid units (a BIGINT in the engine, 2^63 - 1 at most).
 MAX_GRID_UNITS = float(2**62)
 
@@ -215,6 +221,7 @@ def calibrate(plan: Plan, epsilon: float, delta: float, mechanism: str) -> Calib
                 "LEAST(GREATEST(x, 0), 1000)", rule="unbounded")
     try:
         cal = _calibrate(plan, epsilon, delta, mechanism)
+        cal.events  # noqa: B018 - built now, so a parameter no event accepts is a rejection
     except ValueError as e:  # a parameter the samplers cannot honour (extreme bounds or ε)
         raise QueryRejected(f"this query's noise cannot be calibrated ({e})",
                             hint="narrow the bounds of the aggregated values or use a more "
@@ -255,17 +262,18 @@ def _calibrate(plan: Plan, epsilon: float, delta: float, mechanism: str) -> Cali
         for s in noisy:
             stats[s.name] = _laplace(s, plan, eps_each)
         if ps:
-            partition = PartitionNoise(eps_each, delta, plan.max_groups)
+            partition = _partition(eps_each, delta, plan.max_groups)
     else:
         eps_ps = epsilon / shares if ps else 0.0
         delta_ps = delta / 2 if ps else 0.0
         if noisy:
             eps_g, delta_g = epsilon - eps_ps, delta - delta_ps
-            members = _gaussian(noisy, plan, eps_g, delta_g)
+            members, sigma_joint = _gaussian(noisy, plan, eps_g, delta_g)
             stats.update({m.name: m for m in members})
-            gaussian = JointGaussian(eps_g, delta_g, tuple(members))
+            gaussian = JointGaussian(eps_g, delta_g, tuple(members),
+                                     sigma_joint / math.sqrt(len(members)))
         if ps:
-            partition = PartitionNoise(eps_ps, delta_ps, plan.max_groups)
+            partition = _partition(eps_ps, delta_ps, plan.max_groups)
     return Calibration(mechanism, stats, partition, gaussian)
 
 
@@ -300,7 +308,16 @@ def _laplace(s: StatSpec, plan: Plan, eps: float) -> StatNoise:
     return StatNoise(s.name, "laplace", Grid(g, False), scale, eps, ci, sens_units)
 
 
-def _gaussian(stats: list[StatSpec], plan: Plan, eps: float, delta: float) -> list[StatNoise]:
+def _partition(epsilon: float, delta: float, max_groups: int) -> PartitionNoise:
+    """Partition selection at ε, or at a per-partition ε of at most 50: beyond that every
+    keep probability is already 1 after a unit or two, and e^ε overflows.  Running it
+    at a smaller ε than the share allows is more private; the charge follows the ε
+    actually used."""
+    return PartitionNoise(min(epsilon, MAX_PARTITION_EPSILON * max_groups), delta, max_groups)
+
+
+def _gaussian(stats: list[StatSpec], plan: Plan, eps: float, delta: float
+              ) -> tuple[list[StatNoise], float]:
     k = len(stats)
     # Each statistic is divided by its L2 sensitivity, so the joint vector has L2
     # sensitivity sqrt(k) and one calibration covers all of them.
@@ -317,4 +334,4 @@ def _gaussian(stats: list[StatSpec], plan: Plan, eps: float, delta: float) -> li
         sigma = sigma_joint * sens
         ci = rounded_ci95(gaussian_ci95(sigma * g), g, value_on_grid=False)
         out.append(StatNoise(s.name, "gaussian", Grid(g, integral), sigma, eps, ci, sens))
-    return out
+    return out, sigma_joint

@@ -107,7 +107,10 @@ class ValueBuilder:
         self.sql = sql
         self.is_nan = is_nan
         self.typer = typer
-        self._clamps: set[int] = set()  # ids of expressions _clamp built
+        # Expressions _clamp built, by id; the list keeps them alive so an id is
+        # never reused by another node while this builder lives.
+        self._clamps: set[int] = set()
+        self._clamp_nodes: list[exp.Expr] = []
 
     # -- entry point ----------------------------------------------------------------
 
@@ -448,6 +451,7 @@ class ValueBuilder:
                           expressions=[hi], ignore_nulls=True)
         out = exp.Case(ifs=[exp.If(this=null_if, true=exp.Null())], default=clamp)
         self._clamps.add(id(out))
+        self._clamp_nodes.append(out)
         return out
 
     def _reject(self, node: exp.Expr, msg: str, hint: str) -> QueryRejected:

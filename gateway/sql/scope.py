@@ -40,6 +40,9 @@ from gateway.policy import Policy
 from gateway.sql.validate import AGGREGATES, span_of
 
 UNIT_ALIAS = "__dp_unit"
+# Each protected relation is cut to M rows per unit before a join, so two of them
+# yield at most M² rows per unit; more would make the bound M^k.
+MAX_PROTECTED_JOINED = 2
 
 
 @dataclass(frozen=True)
@@ -69,6 +72,9 @@ class Relation:
     max_rows: int = 1
     max_groups: int = 1
     node: exp.Expr | None = None  # the Table or Subquery node in the tree
+    # How many protected relations (each cut to M rows per unit) were joined to make
+    # this one: one unit yields at most M^joined of its rows.
+    joined: int = 1
     keys: frozenset[str] = frozenset()  # lower-case names of columns unique in a public relation
     # Parts of a public subquery that may not meet protected data (node, what it does).
     risks: tuple[tuple[exp.Expr, str], ...] = ()
@@ -86,6 +92,7 @@ class Scope:
     protected_tables: frozenset[str] = frozenset()
     max_rows: int = 1
     max_groups: int = 1
+    joined: int = 1  # protected relations joined (see Relation.joined)
     # Protected relations that meet another protected relation: each is cut to
     # max_rows_per_unit rows per unit before the join.
     truncated: tuple[Relation, ...] = ()
@@ -208,6 +215,15 @@ def join_scope(relations: list[tuple[Relation, exp.Join | None]], sql: str) -> S
         scope.protected_tables = frozenset().union(*(r.tables for r in protected))
         scope.max_rows = min(r.max_rows for r in protected)
         scope.max_groups = min(r.max_groups for r in protected)
+        scope.joined = sum(r.joined for r in protected)
+        if scope.joined > MAX_PROTECTED_JOINED:
+            raise QueryRejected(
+                f"the query joins {scope.joined} protected relations; at most "
+                f"{MAX_PROTECTED_JOINED} may meet, or one user's rows would be multiplied "
+                "M^k times (and with them the work, and the time taken)",
+                hint="join a protected table with itself at most once; aggregate the other "
+                "relations in separate queries", rule="join_fan_out",
+                span=span_of(relations[-1][1] or exp.Null(), sql))
         if len(protected) > 1:
             _check_outer_sides(relations, sql)
             scope.truncated = tuple(protected)

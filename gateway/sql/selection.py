@@ -23,6 +23,7 @@ engine raise.  Nothing here reads data.
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass
 from typing import Any
 
@@ -245,6 +246,8 @@ class _Selector:
             value = typer.engine(node.copy())
             if col.kind == "numeric" and not col.temporal:
                 value = exp.TryCast(this=value, to=exp.DataType.build("DOUBLE"))
+            elif col.temporal and col.bounds is not None:
+                value = _clamp_time(value, col.bounds, typer.type_of(node).kind)
             items.append(exp.alias_(value, col.engine_name, quoted=True))
         query.set("expressions", items)
         conds: list[exp.Expr] = []
@@ -256,3 +259,17 @@ class _Selector:
                                          expression=exp.Null())))
         query.set("where", exp.Where(this=exp.and_(*conds)))
         return query
+
+
+def _clamp_time(value: exp.Expr, bounds: tuple[float, float], kind: str) -> exp.Expr:
+    """A date or timestamp clamped to its bounds in the engine: far dates (year 300000,
+    'infinity') cannot be fetched as datetime64, and fetching must not fail on data."""
+    epoch = dt.datetime(1970, 1, 1)
+    cast = "DATE" if kind == "date" else "TIMESTAMP"
+    lo, hi = (epoch + dt.timedelta(days=b) for b in bounds)
+    low, high = (exp.Cast(this=exp.Literal.string(t.date().isoformat() if kind == "date"
+                                                  else t.isoformat(sep=" ")),
+                          to=exp.DataType.build(cast)) for t in (lo, hi))
+    return exp.Case(ifs=[exp.If(this=exp.LT(this=value.copy(), expression=low), true=low),
+                         exp.If(this=exp.GT(this=value.copy(), expression=high), true=high)],
+                    default=value)

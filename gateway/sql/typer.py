@@ -345,7 +345,9 @@ class Typer:
         if a.family != b.family:
             raise self._mismatch(node, a, b)
         if a.kind == b.kind:
-            return True
+            # Two decimals meet at a common precision and scale, which can overflow
+            # (DECIMAL(38,0) against DECIMAL(38,37)): not total unless both are constants.
+            return a.kind != "decimal"
         # Both sides are converted to a common type; literals once, at bind time.
         common = Typed(_common({a.kind, b.kind}))
         return all(t.literal or _widens(t, common) for t in (a, b))
@@ -457,13 +459,18 @@ class Typer:
             self._text(node.this, node, f"the string of {node.key.upper()}")
             self._integer(node.expression, node, f"the length of {node.key.upper()}")
             return Typed("text", total=False)
-        if isinstance(node, exp.Concat):
-            for e in node.expressions:
+        if isinstance(node, exp.Concat | exp.DPipe):
+            args = node.expressions if isinstance(node, exp.Concat) else [node.this,
+                                                                          node.expression]
+            for e in args:
                 self.type_of(e)
-            return Typed("text", total=False)
-        if isinstance(node, exp.DPipe):
-            self.type_of(node.this)
-            self.type_of(node.expression)
+            if sum(1 for e in args if not _constant(e)) > 1:
+                # Joining a value with itself doubles it; chained through subqueries the
+                # work grows exponentially with one unit's string lengths.
+                raise self._reject(node, "concatenation may join at most one column "
+                                   "expression with constants",
+                                   "concatenate one value with constant text, or group by "
+                                   "the columns separately", rule="concatenation")
             return Typed("text", total=False)
         if isinstance(node, exp.StartsWith | exp.EndsWith | exp.Contains):
             self._text(node.this, node, f"the first argument of {node.key.upper()}")
@@ -544,6 +551,6 @@ def _common(kinds: set[str]) -> str:
 
 def _widens(source: Typed, target: Typed) -> bool:
     """Can every value of ``source`` be converted to ``target`` without error?"""
-    if source.kind == target.kind or source.kind == "null":
+    if source.kind == "null" or (source.kind == target.kind and source.kind != "decimal"):
         return True
     return target.kind == "double" and source.kind in ("int", "decimal")

@@ -343,8 +343,11 @@ class Ledger(StateDB):
         """Replace a committed charge by the exact cost of what was released, once it is
         known (a training run solves its noise from a DP count read under the charge).
 
-        ``final`` may never exceed what was reserved, in ε or δ, so admission decided on
-        the reservation stays valid; the events become the tighter exact ones.
+        ``final`` may never exceed what was reserved in ε or δ (basic composition), and
+        the scopes must still fit the filter with the exact events (their Rényi bounds
+        need not be below the reserved events' at every order): settling admits the
+        final mechanism, chosen from what ran under the reservation, before it runs.
+        If it does not fit, BudgetExceeded is raised and the reserved charge stays.
         """
         if not reservation.committed:
             raise InvalidRequest("only a committed charge can be settled")
@@ -361,16 +364,24 @@ class Ledger(StateDB):
                         (repr(float(final.epsilon)), repr(float(final.delta)),
                          json.dumps([e.to_dict() for e in final.events]),
                          reservation.charge_id))
-            for scope in self._scope_names(analyst):
+            who = con.execute("SELECT epsilon, delta FROM analysts WHERE dataset = ? AND "
+                              "name = ?", (self.dataset, analyst)).fetchone()
+            budgets = ((float(who[0]), float(who[1])), self.dataset_budget)
+            for scope, budget in zip(self._scope_names(analyst), budgets, strict=True):
                 eps, delta, _ = self._totals(con, scope)
                 con.execute("UPDATE totals SET epsilon = ?, delta = ? WHERE scope = ?",
                             (str(eps - old_eps + new_eps), str(delta - old_delta + new_delta),
                              scope))
                 self._rebuild_filter(con, scope)
+                sums, filter_budget = self._filter(con, scope, budget)
+                if not fits(sums, filter_budget):  # rolls the settlement back
+                    raise BudgetExceeded(
+                        "the privacy budget cannot afford this training run with the noise "
+                        "its unit count calls for; the reserved charge stays",
+                        hint="ask for a smaller epsilon or more budget")
         self._spent_memo.clear()
         with self._scope_lock:
-            # In-memory accountants saw the reserved events; rebuild them.  (Another
-            # process's copy keeps the reserved, looser events: conservative.)
+            # In-memory PLD accountants (reporting only) saw the reserved events.
             for scope in self._scope_names(analyst):
                 self._scopes.pop(scope, None)
 

@@ -155,3 +155,23 @@ def test_last_check_refuses_an_unguarded_function() -> None:
         'WITH "__dp_rows" AS (SELECT TRY(LOWER(country)) AS k FROM visits WHERE age > 3) '
         "SELECT * FROM __dp_rows", dialect="duckdb")
     verify_total(guarded)
+
+
+@pytest.mark.parametrize("sql", [
+    "SELECT COUNT(*) FROM visits WHERE country || country = 'DEDE'",
+    "SELECT COUNT(*) FROM (SELECT user_id, CONCAT(country, device) AS s FROM visits) t",
+])
+def test_concatenating_two_values_is_refused(gw: Gateway, sql: str) -> None:
+    """Joining a value with itself doubles it; chained through subqueries one unit's long
+    strings would make the work grow exponentially."""
+    with pytest.raises(QueryRejected) as err:
+        gw.plan(sql)
+    assert err.value.rule == "concatenation"
+    gw.plan("SELECT COUNT(*) FROM visits WHERE country || '-x' = 'DE-x'")
+
+
+def test_decimal_comparisons_are_guarded(gw: Gateway) -> None:
+    sql = ("SELECT COUNT(*) FROM visits WHERE TRY_CAST(age AS DECIMAL(38,0)) > "
+           "TRY_CAST(spend AS DECIMAL(38,37))")
+    rows = gw.explain(sql, epsilon=1.0).rewritten_sql.split('"__dp_groups"')[0]
+    assert "TRY(" in rows
