@@ -45,3 +45,15 @@ def read_permit(gw: Any, analyst: str = "engine-probe") -> Any:
     who = gw.ledger.ensure_analyst(analyst)
     return gw.ledger.reserve(who, uuid.uuid4().hex, "query", "engine probe in a test",
                              Cost(1e-3, 0.0, (LaplaceEvent(1e-3),)))
+
+
+def write_parquet(path: Path, schema: str, rows: list[tuple[Any, ...]]) -> None:
+    """Rows written as a Parquet file through DuckDB, e.g. schema "u BIGINT, x DOUBLE"."""
+    import duckdb
+
+    con = duckdb.connect()
+    con.execute(f"CREATE TABLE t ({schema})")
+    if rows:
+        con.executemany(f"INSERT INTO t VALUES ({', '.join('?' * len(rows[0]))})", rows)
+    con.execute(f"COPY t TO '{path}' (FORMAT parquet)")
+    con.close()

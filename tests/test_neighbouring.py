@@ -21,7 +21,6 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-import duckdb
 import numpy as np
 import pytest
 from sqlglot import exp
@@ -33,7 +32,7 @@ from gateway.query.noise import Calibration, calibrate
 from gateway.query.perturb import _add_noise, _aggregate
 from gateway.sql.rewrite import rewrite
 from tests.privacy.dp_check import edges_with_tails, privacy_loss_lower_bound
-from tests.support import read_permit, write_policy
+from tests.support import read_permit, write_parquet, write_policy
 
 DRAWS = 200_000
 ATTACKER = 10_000_000
@@ -49,11 +48,7 @@ def _dataset(path: Path, attacker: bool) -> None:
                          float(rng.uniform(0, 100)), rare))
     if attacker:
         rows += [(ATTACKER, "tv", 1e6, "rare")] * 500
-    con = duckdb.connect()
-    con.execute("CREATE TABLE t (user_id BIGINT, device VARCHAR, spend DOUBLE, tag VARCHAR)")
-    con.executemany("INSERT INTO t VALUES (?, ?, ?, ?)", rows)
-    con.execute(f"COPY t TO '{path}' (FORMAT parquet)")
-    con.close()
+    write_parquet(path, "user_id BIGINT, device VARCHAR, spend DOUBLE, tag VARCHAR", rows)
 
 
 def _policy(folder: Path, attacker: bool) -> Path:

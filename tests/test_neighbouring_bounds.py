@@ -19,7 +19,6 @@ import math
 from pathlib import Path
 from typing import Any
 
-import duckdb
 import numpy as np
 import pytest
 from sqlglot import exp
@@ -30,7 +29,7 @@ from gateway.query.noise import Calibration, calibrate
 from gateway.query.perturb import _add_noise, _aggregate
 from gateway.sql.rewrite import rewrite
 from tests.privacy.dp_check import hockey_stick_lower_bound, privacy_loss_lower_bound
-from tests.support import read_permit, write_policy
+from tests.support import read_permit, write_parquet, write_policy
 from tests.test_neighbouring import _binned
 
 DRAWS = 200_000
@@ -47,11 +46,7 @@ def _dataset(path: Path, attacker: bool) -> None:
             rows.append((user, str(rng.choice(DEVICES)), float(rng.uniform(-100, 10))))
     if attacker:  # in every device, far below the lower bound
         rows += [(ATTACKER, DEVICES[i % 3], -1e6) for i in range(600)]
-    con = duckdb.connect()
-    con.execute("CREATE TABLE t (user_id BIGINT, device VARCHAR, score DOUBLE)")
-    con.executemany("INSERT INTO t VALUES (?, ?, ?)", rows)
-    con.execute(f"COPY t TO '{path}' (FORMAT parquet)")
-    con.close()
+    write_parquet(path, "user_id BIGINT, device VARCHAR, score DOUBLE", rows)
 
 
 def _policy(folder: Path, attacker: bool) -> Path:
@@ -172,11 +167,7 @@ def test_nan_is_cleaned_in_every_aggregate(tmp_path: Path) -> None:
     for name, rows in (("clean", clean), ("dirty", dirty)):
         folder = tmp_path / name
         folder.mkdir()
-        con = duckdb.connect()
-        con.execute("CREATE TABLE t (u BIGINT, x DOUBLE)")
-        con.executemany("INSERT INTO t VALUES (?, ?)", rows)
-        con.execute(f"COPY t TO '{folder / 't.parquet'}' (FORMAT parquet)")
-        con.close()
+        write_parquet(folder / "t.parquet", "u BIGINT, x DOUBLE", rows)
         policy = write_policy(folder, {
             "dataset": "nan", "tables": {"t": {
                 "source": str(folder / "t.parquet"), "privacy_unit": "u",
