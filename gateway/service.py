@@ -243,38 +243,11 @@ class Gateway:
 
     def _release(self, prep: Prepared, who: Analyst, query_id: str) -> QueryResult:
         plan, cal = prep.plan, prep.cal
-        assert cal is not None and prep.answer_key is not None and prep.tree is not None
-        released = self._released.get(prep.key) if prep.from_domains else None
-        charged = False
-        if prep.from_domains:
-            stored = None  # nothing noisy to release: no charge, no engine run
-        else:
-            key = prep.answer_key
-            # An answer already paid for is read without the ledger's write lock.
-            stored = self._answers.get(key) or self.ledger.cached(key)
-            if stored is None:
-                cost = Cost(cal.epsilon, cal.delta, cal.events)
-                reservation = self.ledger.reserve(who, query_id, "query", plan.sql, cost, key)
-                charged = reservation.charged
-                stored = reservation.cached_result
-            if charged:
-                try:
-                    # A fresh secret salt per execution for the keyed hashes that pick
-                    # each unit's groups and, before joins of protected tables, rows.
-                    params = {SALT: secrets.randbits(62)} if prep.salted else None
-                    result = self.executor.execute(
-                        prep.tree, permit=reservation, params=params,
-                        timeout_s=self.policy.model.limits.query_timeout_s, sql=prep.sql)
-                    stored = encode_release(perturb(plan, cal, result, self._rng))
-                    self.ledger.complete(key, stored, AuditLine(
-                        who.name, "query", plan.sql, cal.epsilon, cal.delta, "ok", None,
-                        query_id))
-                except BaseException:
-                    self.ledger.abandon(key)
-                    raise
-            assert stored is not None
-            self._answers.put(key, stored)
-            released = self._released.get(prep.key)
+        assert cal is not None
+        # Nothing noisy to release: no charge and no engine run, only public domains.
+        stored, charged = (None, False) if prep.from_domains else \
+            self._stored_release(prep, who, query_id)
+        released = self._released.get(prep.key)
         if released is None:
             release = from_domains(plan) if stored is None else decode_release(stored)
             table = finish(plan, cal, release)
@@ -285,6 +258,36 @@ class Gateway:
         spent = (cal.epsilon, cal.delta) if charged else (0.0, 0.0)
         return QueryResult(query_id, columns, list(rows), spent[0], spent[1], list(accuracy),
                            not charged and not prep.from_domains, self._remaining(who))
+
+    def _stored_release(self, prep: Prepared, who: Analyst, query_id: str
+                        ) -> tuple[str, bool]:
+        """The stored release (noisy statistics) of ``prep``, and whether this request paid
+        for it: an answer already paid for is read without the ledger's write lock."""
+        cal, key = prep.cal, prep.answer_key
+        assert cal is not None and key is not None and prep.tree is not None
+        stored = self._answers.get(key) or self.ledger.cached(key)
+        if stored is not None:
+            return stored, False
+        cost = Cost(cal.epsilon, cal.delta, cal.events)
+        reservation = self.ledger.reserve(who, query_id, "query", prep.plan.sql, cost, key)
+        if not reservation.charged:
+            assert reservation.cached_result is not None
+            return self._answers.put(key, reservation.cached_result), False
+        try:
+            # A fresh secret salt per execution for the keyed hashes that pick each
+            # unit's groups and, before joins of protected tables, rows.
+            params = {SALT: secrets.randbits(62)} if prep.salted else None
+            result = self.executor.execute(
+                prep.tree, permit=reservation, params=params,
+                timeout_s=self.policy.model.limits.query_timeout_s, sql=prep.sql)
+            stored = encode_release(perturb(prep.plan, cal, result, self._rng))
+            self.ledger.complete(key, stored, AuditLine(
+                who.name, "query", prep.plan.sql, cal.epsilon, cal.delta, "ok", None,
+                query_id))
+        except BaseException:
+            self.ledger.abandon(key)
+            raise
+        return self._answers.put(key, stored), True
 
     def _accuracy(self, plan: Plan, cal: Calibration, table: Any | None,
                   names: list[str] | None) -> list[Accuracy]:

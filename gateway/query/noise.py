@@ -149,12 +149,12 @@ class Calibration:
             found.append(self.partition.event())
         return tuple(found)
 
-    @property
+    @cached_property
     def epsilon(self) -> float:
         """ε charged: basic composition of the events (exact in decimal)."""
         return float(sum((Decimal(repr(e.epsilon)) for e in self.events), Decimal(0)))
 
-    @property
+    @cached_property
     def delta(self) -> float:
         return float(sum((Decimal(repr(e.delta)) for e in self.events), Decimal(0)))
 
@@ -230,8 +230,7 @@ def calibrate(plan: Plan, epsilon: float, delta: float, mechanism: str) -> Calib
         # One unit's contribution, in grid units, must fit a 64-bit integer with room to
         # spare: the engine casts it to BIGINT, and an overflow would be an error that
         # depends on the data.
-        l1 = s.sensitivity(plan.max_rows, plan.max_groups)[0]
-        if l1 / cal.stats[s.name].grid.step >= MAX_GRID_UNITS:
+        if _l1(s, plan) / cal.stats[s.name].grid.step >= MAX_GRID_UNITS:
             raise QueryRejected(
                 "this query's values are too wide for exact integer sums at this epsilon",
                 hint="narrow the bounds of the aggregated values or use a smaller epsilon",

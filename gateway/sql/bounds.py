@@ -19,10 +19,12 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from sqlglot import exp
 
 from gateway.errors import QueryRejected
+from gateway.sql.domains import typed_literal
 from gateway.sql.scope import Scope
 from gateway.sql.typer import Typer
 from gateway.sql.validate import span_of
@@ -416,15 +418,7 @@ class ValueBuilder:
             _, info = self.scope.resolve(target, self.sql)
             if info.raw_bounds is not None and info.type in ("date", "timestamp"):
                 lo, hi = info.raw_bounds
-                kind = "DATE" if info.type == "date" else "TIMESTAMP"
-                low = exp.Cast(this=exp.Literal.string(lo.isoformat()),
-                               to=exp.DataType.build(kind))
-                high = exp.Cast(this=exp.Literal.string(hi.isoformat()),
-                                to=exp.DataType.build(kind))
-                clamped = exp.Case(ifs=[
-                    exp.If(this=exp.LT(this=target.copy(), expression=low), true=low.copy()),
-                    exp.If(this=exp.GT(this=target.copy(), expression=high), true=high.copy())],
-                    default=target.copy())
+                clamped = clamp_time(target.copy(), lo, hi, info.type)
                 out = node.copy()
                 if isinstance(node, exp.Anonymous):
                     out.set("expressions", [node.expressions[0].copy(), clamped])
@@ -456,6 +450,15 @@ class ValueBuilder:
 
     def _reject(self, node: exp.Expr, msg: str, hint: str) -> QueryRejected:
         return QueryRejected(msg, hint=hint, rule="unbounded", span=span_of(node, self.sql))
+
+
+def clamp_time(value: exp.Expr, lo: Any, hi: Any, kind: str) -> exp.Expr:
+    """A date or timestamp clamped to [lo, hi] in the engine (comparisons of one type
+    cannot fail, and NULL stays NULL)."""
+    low, high = typed_literal(lo, kind), typed_literal(hi, kind)
+    return exp.Case(ifs=[exp.If(this=exp.LT(this=value.copy(), expression=low), true=low),
+                         exp.If(this=exp.GT(this=value.copy(), expression=high), true=high)],
+                    default=value)
 
 
 def _power(x: float, n: int) -> float:

@@ -31,7 +31,7 @@ from sqlglot import exp
 
 from gateway.errors import QueryRejected
 from gateway.sql.analyze import check_reserved_names
-from gateway.sql.bounds import ValueBuilder
+from gateway.sql.bounds import ValueBuilder, clamp_time
 from gateway.sql.parse import parse
 from gateway.sql.relations import Context, FromAnalyzer
 from gateway.sql.scope import ColInfo, Scope
@@ -262,14 +262,11 @@ class _Selector:
 
 
 def _clamp_time(value: exp.Expr, bounds: tuple[float, float], kind: str) -> exp.Expr:
-    """A date or timestamp clamped to its bounds in the engine: far dates (year 300000,
-    'infinity') cannot be fetched as datetime64, and fetching must not fail on data."""
+    """A date or timestamp feature clamped to its bounds in the engine: far dates (year
+    300000, 'infinity') cannot be fetched as datetime64, and fetching must not fail on
+    data.  The selection keeps bounds as days since 1970-01-01."""
     epoch = dt.datetime(1970, 1, 1)
-    cast = "DATE" if kind == "date" else "TIMESTAMP"
     lo, hi = (epoch + dt.timedelta(days=b) for b in bounds)
-    low, high = (exp.Cast(this=exp.Literal.string(t.date().isoformat() if kind == "date"
-                                                  else t.isoformat(sep=" ")),
-                          to=exp.DataType.build(cast)) for t in (lo, hi))
-    return exp.Case(ifs=[exp.If(this=exp.LT(this=value.copy(), expression=low), true=low),
-                         exp.If(this=exp.GT(this=value.copy(), expression=high), true=high)],
-                    default=value)
+    if kind == "date":
+        return clamp_time(value, lo.date(), hi.date(), kind)
+    return clamp_time(value, lo, hi, kind)
