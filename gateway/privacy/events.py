@@ -229,6 +229,32 @@ class ApproxDpEvent(PrivacyEvent):
 
 
 @dataclass(frozen=True)
+class ExponentialEvent(PrivacyEvent):
+    """The exponential mechanism with utilities of sensitivity Δ sampled at
+    exp(ε u / (2Δ)): ε-DP, and ε-bounded-range, hence (ε²/8)-zCDP (Cesar & Rogers
+    2021, "Bounding, concentrating, and truncating", Lemma 3.2), so its Rényi bound
+    at order α is min(ε, α ε²/8).  The PLD is the worst case for an ε-DP mechanism.
+    """
+
+    kind: ClassVar[str] = "exponential"
+    epsilon: float
+
+    def __post_init__(self) -> None:
+        self._set("epsilon", _float("epsilon", self.epsilon))
+
+    @property
+    def delta(self) -> float:  # type: ignore[override]
+        return 0.0
+
+    def rdp(self) -> tuple[float, ...]:
+        return tuple(min(self.epsilon, a * self.epsilon * self.epsilon / 8.0) for a in ORDERS)
+
+    def _build_pld(self, vdi: float) -> pld_lib.PrivacyLossDistribution:
+        params = _lazy.pld_common().DifferentialPrivacyParameters(self.epsilon, 0.0)
+        return _lazy.pld().from_privacy_parameters(params, value_discretization_interval=vdi)
+
+
+@dataclass(frozen=True)
 class SubsampledGaussianEvent(PrivacyEvent):
     """DP-SGD: ``steps`` Poisson-subsampled Gaussian steps, nominally (ε, δ)-DP.
 
@@ -268,6 +294,7 @@ _KINDS: dict[str, type[PrivacyEvent]] = {
         DiscreteLaplaceEvent,
         GaussianEvent,
         ApproxDpEvent,
+        ExponentialEvent,
         SubsampledGaussianEvent,
     )
 }

@@ -46,10 +46,12 @@ from gateway.privacy.calibration import (
 from gateway.privacy.events import (
     ApproxDpEvent,
     DiscreteLaplaceEvent,
+    ExponentialEvent,
     GaussianEvent,
     LaplaceEvent,
     PrivacyEvent,
 )
+from gateway.privacy.quantiles import quantile_sensitivity, rank_error95
 from gateway.privacy.samplers import MAX_DISCRETE_SCALE
 from gateway.sql.plan import Plan, StatSpec
 
@@ -130,6 +132,25 @@ class PartitionNoise:
 
 
 @dataclass(frozen=True)
+class QuantileNoise:
+    """One DP quantile: the exponential mechanism at ``epsilon`` over a histogram whose
+    units weigh at most M values each (see :mod:`gateway.privacy.quantiles`)."""
+
+    quantile: str  # the QuantileSpec it chooses from
+    alpha: float
+    epsilon: float
+    sensitivity: float  # of the utilities, in values (rows)
+    bins: int
+
+    @property
+    def rank_error95(self) -> float:
+        return rank_error95(self.epsilon, self.sensitivity, self.bins)
+
+    def event(self) -> ExponentialEvent:
+        return ExponentialEvent(self.epsilon)
+
+
+@dataclass(frozen=True)
 class Calibration:
     """Noise for every statistic; the charge is derived from it, never set beside it."""
 
@@ -137,12 +158,14 @@ class Calibration:
     stats: dict[str, StatNoise]
     partition: PartitionNoise | None
     gaussian: JointGaussian | None = None
+    quantiles: tuple[QuantileNoise, ...] = ()
 
     @cached_property
     def events(self) -> tuple[PrivacyEvent, ...]:
         """One event per mechanism that runs: the release is their composition."""
         found: list[PrivacyEvent] = [e for s in self.stats.values()
                                      if (e := s.event()) is not None]
+        found.extend(q.event() for q in self.quantiles)
         if self.gaussian is not None:
             found.append(self.gaussian.event())
         if self.partition is not None:
@@ -171,6 +194,8 @@ class Calibration:
             "ps": None if self.partition is None else [repr(self.partition.epsilon),
                                                        repr(self.partition.delta),
                                                        self.partition.max_partitions],
+            "q": [[q.quantile, repr(q.alpha), repr(q.epsilon), repr(q.sensitivity), q.bins]
+                  for q in self.quantiles],
         }
         return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
@@ -252,9 +277,14 @@ def _calibrate(plan: Plan, epsilon: float, delta: float, mechanism: str) -> Cali
                                                      0.0, 0.0) for s in exact}
     partition = None
     gaussian = None
-    shares = len(noisy) + (1 if ps else 0)
+    ranks = [(q, a) for q in plan.quantiles for a in q.alphas]
+    shares = len(noisy) + len(ranks) + (1 if ps else 0)
     if shares == 0:
         return Calibration(mechanism, stats, None)
+    # Every quantile rank is one exponential mechanism with an equal share of ε.
+    quantiles = tuple(QuantileNoise(q.name, a, epsilon / shares,
+                                    quantile_sensitivity(a, plan.max_rows), q.bins)
+                      for q, a in ranks)
     if mechanism == "laplace":
         # ε split evenly; δ goes entirely to partition selection.
         eps_each = epsilon / shares
@@ -266,14 +296,15 @@ def _calibrate(plan: Plan, epsilon: float, delta: float, mechanism: str) -> Cali
         eps_ps = epsilon / shares if ps else 0.0
         delta_ps = delta / 2 if ps else 0.0
         if noisy:
-            eps_g, delta_g = epsilon - eps_ps, delta - delta_ps
+            eps_g = epsilon - eps_ps - epsilon / shares * len(ranks)
+            delta_g = delta - delta_ps
             members, sigma_joint = _gaussian(noisy, plan, eps_g, delta_g)
             stats.update({m.name: m for m in members})
             gaussian = JointGaussian(eps_g, delta_g, tuple(members),
                                      sigma_joint / math.sqrt(len(members)))
         if ps:
             partition = _partition(eps_ps, delta_ps, plan.max_groups)
-    return Calibration(mechanism, stats, partition, gaussian)
+    return Calibration(mechanism, stats, partition, gaussian, quantiles)
 
 
 def _l1(s: StatSpec, plan: Plan) -> float:

@@ -19,6 +19,7 @@ depends on data: :func:`from_domains` answers it without the engine.
 
 from __future__ import annotations
 
+import datetime as dt
 import itertools
 import math
 from collections.abc import Sequence
@@ -29,10 +30,12 @@ import numpy as np
 
 from gateway.engine.base import ResultSet
 from gateway.privacy.partition_selection import select_partitions
+from gateway.privacy.quantiles import select_quantile_bins
 from gateway.privacy.random import RandomSource
 from gateway.privacy.samplers import discrete_laplace, rounded_gaussian, rounded_laplace
-from gateway.query.noise import Calibration, StatNoise
-from gateway.sql.plan import AggSpec, Plan
+from gateway.query.noise import Calibration, QuantileNoise, StatNoise
+from gateway.sql.plan import AggSpec, Plan, QuantileSpec
+from gateway.sql.rewrite import QUANTILE_WEIGHT_BITS
 
 
 @dataclass(frozen=True)
@@ -68,6 +71,9 @@ def finish(plan: Plan, cal: Calibration, release: NoisyStats) -> NoisyTable:
     values: dict[str, np.ndarray] = {}
     ci: dict[str, np.ndarray] = {}
     for agg in plan.aggs:
+        if agg.quantile is not None:
+            values[agg.name], ci[agg.name] = _quantile(plan, agg, release)
+            continue
         values[agg.name], ci[agg.name] = _aggregate(agg, release.stats, cal.stats)
     return NoisyTable(tuple(k.name for k in plan.keys), tuple(a.name for a in plan.aggs),
                       release.keys, values, ci)
@@ -106,7 +112,45 @@ def perturb(plan: Plan, cal: Calibration, result: ResultSet, rng: RandomSource) 
         true[present] = stat_arrays[s.name][idx[present]] if n_rows else 0.0
         exact_units[s.name] = true
     noisy = {s.name: _add_noise(exact_units[s.name], cal.stats[s.name], rng) for s in plan.stats}
+    for q in plan.quantiles:
+        weights = _histograms(q, columns, idx, n_rows)
+        for qn in cal.quantiles:
+            if qn.quantile == q.name:
+                noisy[quantile_stat(q.name, qn.alpha)] = _choose(q, qn, weights, rng)
     return NoisyStats(groups, noisy)
+
+
+def quantile_stat(quantile: str, alpha: float) -> str:
+    """Name of one chosen quantile in a release."""
+    return f"{quantile}@{alpha!r}"
+
+
+def _histograms(q: QuantileSpec, columns: dict[str, Any], idx: np.ndarray, n_rows: int
+                ) -> np.ndarray:
+    """Weights per released group and bin (groups the engine did not see: all zero)."""
+    out = np.zeros((len(idx), q.bins), dtype=np.float64)
+    if not n_rows:
+        return out
+    bins_col, weights_col = columns[f"{q.name}_b"], columns[f"{q.name}_w"]
+    scale = 2.0 ** -QUANTILE_WEIGHT_BITS
+    for g, row in enumerate(idx):
+        if row < 0:
+            continue
+        b, w = bins_col[row], weights_col[row]
+        if b is None or w is None or b is np.ma.masked or w is np.ma.masked:
+            continue
+        b = np.asarray(b, dtype=np.int64)
+        out[g, b] = np.asarray(w, dtype=np.float64) * scale
+    return out
+
+
+def _choose(q: QuantileSpec, noise: QuantileNoise, weights: np.ndarray, rng: RandomSource
+            ) -> np.ndarray:
+    """One exponential-mechanism choice per group, as the value its bin stands for."""
+    if not len(weights):
+        return np.zeros(0)
+    chosen = select_quantile_bins(weights, noise.alpha, noise.epsilon, noise.sensitivity, rng)
+    return np.asarray([q.value_of(int(j)) for j in chosen], dtype=np.float64)
 
 
 def _python_values(col: Sequence[Any]) -> list[Any]:
@@ -134,6 +178,36 @@ def _keep_in_domain(plan: Plan, engine_keys: list[tuple[Any, ...]]) -> np.ndarra
             if keep[i] and key[j] not in allowed:
                 keep[i] = False
     return keep
+
+
+def _quantile(plan: Plan, agg: AggSpec, release: NoisyStats) -> tuple[np.ndarray, np.ndarray]:
+    """A quantile aggregate from its chosen ranks: one value per group, or (APPROX_QUANTILES,
+    QUANTILE_CONT(x, [...])) a sorted list of them.  Its error is stated in ranks (see
+    Accuracy.rank_error95), so the value half-width is NaN."""
+    q = next(q for q in plan.quantiles if q.name == agg.quantile)
+    picks = [release.stats[quantile_stat(q.name, a)] for a in agg.alphas]
+    n = len(release.keys)
+    nan = np.full(n, np.nan)
+    if agg.func != "quantiles":
+        return _as_values(q, picks[0]), nan
+    # Independent choices need not be monotone in the rank: sorting them is
+    # post-processing, and every sorted list is a possible answer.
+    lists = np.empty(n, dtype=object)
+    for g in range(n):
+        lists[g] = list(_as_values(q, np.sort(np.asarray([p[g] for p in picks]))))
+    return lists, nan
+
+
+def _as_values(q: QuantileSpec, v: np.ndarray) -> np.ndarray:
+    if q.kind == "date":
+        assert q.origin is not None
+        out = np.empty(len(v), dtype=object)
+        for i, days in enumerate(v):
+            out[i] = q.origin + dt.timedelta(days=int(round(float(days))))
+        return out
+    if q.integral:
+        return np.rint(v)
+    return v
 
 
 def _add_noise(exact: np.ndarray, noise: StatNoise, rng: RandomSource) -> np.ndarray:

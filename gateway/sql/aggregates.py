@@ -10,18 +10,25 @@ Each supported aggregate becomes one or more sums over privacy units
 * AVG(expr)                         -> ratio moments 0 and 1 (centred at the midpoint,
                                       which halves the sum's sensitivity)
 * VAR_*/VARIANCE/STDDEV_*           -> ratio moments 0, 1 and 2
+* MEDIAN, PERCENTILE_CONT/DISC, QUANTILE_CONT/DISC, APPROX_QUANTILES, MIN, MAX
+                                    -> DP quantiles (:class:`QuantileSpec`): one
+                                       histogram per value, one exponential
+                                       mechanism per rank; MIN and MAX are the
+                                       ranks MIN_RANK and 1 - MIN_RANK
 A FILTER (WHERE c) clause gates the per-row value with CASE WHEN c.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Callable
+from typing import Any
 
 from sqlglot import exp
 
 from gateway.errors import QueryRejected
-from gateway.sql.bounds import ValueBuilder
-from gateway.sql.plan import AggSpec, StatSpec
+from gateway.sql.bounds import ValueBuilder, clamp_time
+from gateway.sql.plan import AggSpec, QuantileSpec, StatSpec
 from gateway.sql.scope import Scope
 from gateway.sql.validate import SUPPORTED_AGGREGATES, span_of
 
@@ -29,6 +36,17 @@ _FUNCS: dict[type[exp.Expr], str] = {
     exp.Sum: "sum", exp.Avg: "avg", exp.VariancePop: "var_pop", exp.Variance: "var_samp",
     exp.StddevPop: "stddev_pop", exp.StddevSamp: "stddev_samp", exp.Stddev: "stddev_samp",
 }
+# MIN and MAX are DP quantiles at these ranks: a rank of exactly 0 or 1 would favour
+# every bin below (above) the data equally, i.e. answer near the declared bound.
+MIN_RANK = 0.01
+# Bins of a histogram over a value's bounds (integers get one bin each when fewer).
+MAX_BINS = 1024
+# Ranks asked of one statement at most (APPROX_QUANTILES(x, n) asks n + 1).
+MAX_RANKS = 101
+
+_QUANTILE_FUNCS = (exp.Median, exp.PercentileCont, exp.PercentileDisc, exp.Quantile,
+                   exp.ApproxQuantile, exp.ApproxQuantiles, exp.Min, exp.Max)
+
 _MOMENTS = {"avg": (0, 1), "var_pop": (0, 1, 2), "var_samp": (0, 1, 2), "stddev_pop": (0, 1, 2),
             "stddev_samp": (0, 1, 2)}
 
@@ -43,6 +61,11 @@ class AggregateBuilder:
         self.stats: dict[tuple[str, str, int], StatSpec] = {}
         self._ratios: dict[str, str] = {}
         self._aggs: dict[str, AggSpec] = {}
+        self._quantiles: dict[str, QuantileSpec] = {}  # value SQL -> spec (ranks so far)
+
+    @property
+    def quantiles(self) -> tuple[QuantileSpec, ...]:
+        return tuple(self._quantiles.values())
 
     def add(self, node: exp.Expr) -> AggSpec:
         key = self.canon(node)
@@ -61,6 +84,8 @@ class AggregateBuilder:
         label = node.sql(dialect="duckdb")
         if isinstance(agg, exp.Count):
             return self._count(agg, cond, name, key, label)
+        if isinstance(agg, _QUANTILE_FUNCS):
+            return self._quantile(agg, cond, name, key, label)
         func = _FUNCS.get(type(agg))
         if func is None:
             raise QueryRejected(f"aggregate {agg.sql()} is not supported",
@@ -106,6 +131,108 @@ class AggregateBuilder:
         stat = self._stat("sum", _gate(indicator, cond), 0.0, 1.0, True)
         return AggSpec(name, "count", key, (stat,), 0.0, 1.0, True, label)
 
+    def _quantile(self, agg: exp.Expr, cond: exp.Expr | None, name: str, key: str,
+                  label: str) -> AggSpec:
+        what = label.split("(")[0].upper() or "a quantile"
+        alphas, func = self._ranks(agg, what)
+        arg = agg.this
+        if isinstance(arg, exp.Distinct):
+            raise QueryRejected(f"{what}(DISTINCT ...) is not supported",
+                                hint=f"use {what}(expr)", rule="aggregate",
+                                span=span_of(agg, self.sql))
+        spec = self._quantile_values(arg, cond, what)
+        if len(spec.alphas) + len(set(alphas) - set(spec.alphas)) > MAX_RANKS:
+            raise QueryRejected(f"at most {MAX_RANKS} quantile ranks per query",
+                                hint="ask for fewer quantiles (each costs a share of epsilon)",
+                                rule="aggregate", span=span_of(agg, self.sql))
+        merged = QuantileSpec(spec.name, spec.value, spec.lo, spec.hi, spec.bins, spec.kind,
+                              spec.integral, tuple(sorted(set(spec.alphas) | set(alphas))),
+                              spec.origin)
+        self._quantiles[spec.value.sql(dialect="duckdb")] = merged
+        return AggSpec(name, func, key, (), spec.lo, spec.hi, spec.integral, label,
+                       quantile=spec.name, alphas=alphas)
+
+    def _ranks(self, agg: exp.Expr, what: str) -> tuple[tuple[float, ...], str]:
+        if isinstance(agg, exp.Median):
+            return (0.5,), "quantile"
+        if isinstance(agg, exp.Min):
+            return (MIN_RANK,), "min"
+        if isinstance(agg, exp.Max):
+            return (1.0 - MIN_RANK,), "max"
+        if isinstance(agg, exp.ApproxQuantiles):
+            n = self._constant(agg.expression, what, integer=True)
+            if not 1 <= n <= MAX_RANKS - 1:
+                raise QueryRejected(f"APPROX_QUANTILES needs 1 to {MAX_RANKS - 1} intervals",
+                                    hint="e.g. APPROX_QUANTILES(x, 4) for the quartiles",
+                                    rule="aggregate", span=span_of(agg, self.sql))
+            inner = tuple(i / n for i in range(1, int(n)))
+            return (MIN_RANK, *inner, 1.0 - MIN_RANK), "quantiles"
+        p = agg.args.get("quantile") or agg.args.get("expression")
+        if isinstance(p, exp.Array):
+            return tuple(self._rank(e, what) for e in p.expressions), "quantiles"
+        return (self._rank(p, what),), "quantile"
+
+    def _rank(self, node: exp.Expr | None, what: str) -> float:
+        p = self._constant(node, what, integer=False)
+        if not 0.0 <= p <= 1.0:
+            raise QueryRejected(f"the rank of {what} must be between 0 and 1, got {p}",
+                                hint="e.g. 0.5 for the median", rule="aggregate",
+                                span=span_of(node, self.sql) if node is not None else None)
+        return p
+
+    def _constant(self, node: exp.Expr | None, what: str, *, integer: bool) -> float:
+        inner = node.unnest() if node is not None else None
+        sign = 1.0
+        if isinstance(inner, exp.Neg):
+            sign, inner = -1.0, inner.this
+        if not isinstance(inner, exp.Literal) or inner.is_string:
+            raise QueryRejected(f"the rank argument of {what} must be a number literal",
+                                hint="e.g. PERCENTILE_CONT(0.5) WITHIN GROUP (ORDER BY x)",
+                                rule="aggregate",
+                                span=span_of(node, self.sql) if node is not None else None)
+        v = sign * float(inner.this)
+        if integer and not v.is_integer():
+            raise QueryRejected(f"the second argument of {what} must be an integer",
+                                hint="e.g. APPROX_QUANTILES(x, 4)", rule="aggregate",
+                                span=span_of(node, self.sql) if node is not None else None)
+        return v
+
+    def _quantile_values(self, arg: exp.Expr, cond: exp.Expr | None, what: str
+                         ) -> QuantileSpec:
+        """The clamped per-row value a quantile chooses among, and its histogram bins."""
+        kind = self.values.typer.type_of(arg).kind
+        origin: Any = None
+        if kind == "date":
+            col = arg.unnest()
+            info = self.scope.resolve(col, self.sql)[1] if isinstance(col, exp.Column) \
+                else None
+            if info is None or info.raw_bounds is None or info.sensitive:
+                raise QueryRejected(
+                    f"{what} of a date needs a date column with bounds in the policy",
+                    hint="use a date column declared with bounds (see /v1/schema)",
+                    rule="unbounded", span=span_of(arg, self.sql))
+            lo_d, hi_d = (_as_date(b) for b in info.raw_bounds)
+            value: exp.Expr = clamp_time(self.values.typer.engine(col.copy()), lo_d, hi_d,
+                                         "date")
+            lo, hi, integral, origin = 0.0, float((hi_d - lo_d).days), True, lo_d
+        elif self.values.typer.type_of(arg).family in ("number", "bool"):
+            value, iv = self.values.clamped(arg, what)
+            lo, hi, integral = iv.lo, iv.hi, iv.integral
+            if iv.empty:
+                lo, hi, integral = 0.0, 0.0, True
+        else:
+            raise QueryRejected(f"{what} of a {kind} value is not supported",
+                                hint=f"{what} applies to numbers and dates with bounds",
+                                rule="aggregate", span=span_of(arg, self.sql))
+        value = _gate(value, cond)
+        found = self._quantiles.get(value.sql(dialect="duckdb"))
+        if found is not None:
+            return found
+        span = hi - lo
+        bins = int(span) + 1 if integral and span + 1 <= MAX_BINS else (MAX_BINS if span else 1)
+        return QuantileSpec(f"__dp_q{len(self._quantiles)}", value, lo, hi, bins,
+                            "date" if kind == "date" else "number", integral, (), origin)
+
     def _is_unit(self, node: exp.Expr) -> bool:
         node = node.unnest()
         if not isinstance(node, exp.Column):
@@ -122,6 +249,14 @@ class AggregateBuilder:
                              power, ratio)
             self.stats[k] = found
         return found.name
+
+
+def _as_date(v: Any) -> dt.date:
+    if isinstance(v, dt.datetime):
+        return v.date()
+    if isinstance(v, dt.date):
+        return v
+    return dt.date.fromisoformat(str(v)[:10])
 
 
 def _gate(value: exp.Expr, cond: exp.Expr | None) -> exp.Expr:

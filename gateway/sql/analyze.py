@@ -83,7 +83,7 @@ def analyze(tree: exp.Select, sql: str, ctx: Context) -> Plan:
         sql=sql, with_=with_.copy() if with_ is not None else None, relation=relation,
         unit=scope.unit, tables=scope.protected_tables, max_rows=scope.max_rows,
         max_groups=max_groups, keys=tuple(keys), stats=tuple(builder.stats.values()),
-        aggs=tuple(aggs), post=post)
+        aggs=tuple(aggs), post=post, quantiles=builder.quantiles)
 
 
 def check_reserved_names(tree: exp.Expr, sql: str) -> None:

@@ -73,6 +73,39 @@ class StatSpec:
 
 
 @dataclass(frozen=True)
+class QuantileSpec:
+    """The values one or more DP quantiles are chosen among (one per value expression).
+
+    The engine returns, per group, a histogram of the clamped values over ``bins``
+    equal bins of [lo, hi] (one bin per integer when the values are integers and
+    few), each unit's counts scaled so that together they weigh at most M values
+    (like sums).  Python then runs the exponential mechanism once per requested
+    rank (:mod:`gateway.privacy.quantiles`).  ``kind`` is ``number`` or ``date``
+    (dates are day numbers from ``lo``'s day).
+    """
+
+    name: str  # q0, q1, ...
+    value: exp.Expr  # per row, total, clamped to [lo, hi] (a date for kind 'date')
+    lo: float
+    hi: float
+    bins: int
+    kind: str = "number"  # number | date
+    integral: bool = False
+    alphas: tuple[float, ...] = ()  # every rank asked of these values, sorted
+    origin: Any = None  # for dates: the date that is day 0
+
+    @property
+    def width(self) -> float:
+        return (self.hi - self.lo) / self.bins if self.bins else 0.0
+
+    def value_of(self, index: Any) -> Any:
+        """The value a chosen bin stands for: its integer, or its midpoint."""
+        if self.integral and self.hi - self.lo + 1 == self.bins:
+            return self.lo + index
+        return self.lo + (index + 0.5) * self.width
+
+
+@dataclass(frozen=True)
 class AggSpec:
     """One aggregate the analyst wrote, computed from noisy statistics."""
 
@@ -84,6 +117,8 @@ class AggSpec:
     hi: float = 0.0
     integral: bool = True
     label: str = ""  # the aggregate as the analyst wrote it
+    quantile: str | None = None  # the QuantileSpec a quantile aggregate chooses from
+    alphas: tuple[float, ...] = ()  # its rank(s): one, or several for APPROX_QUANTILES
 
 
 @dataclass(frozen=True)
@@ -107,6 +142,7 @@ class Plan:
     outer_names: tuple[tuple[str, str] | None, ...] | None = None
     wrapped: bool = False
     inner_post: exp.Select | None = None  # the innermost post query (over __dp_noisy)
+    quantiles: tuple[QuantileSpec, ...] = ()
 
     @property
     def partition_selection(self) -> bool:

@@ -24,7 +24,15 @@ One query, in stages (CTEs), after the analyst's joins and filters:
 6. final            Σ over units per group (and the unit count per group when
                     partitions must be selected).
 
-Without GROUP BY a unit has one "group", and stages 3-4 disappear.  The salt is
+Without GROUP BY a unit has one "group", and stages 3-4 disappear.
+
+DP quantiles (MEDIAN, PERCENTILE_CONT, MIN, MAX, ...) add a few stages per value
+(``__dp_qc<i>`` ... ``__dp_qa<i>``): per (unit, group, bin of the clamped value) a
+count, restricted to the groups stage 4 kept for the unit; each unit's counts
+scaled so that together they weigh at most M values and put on a grid of
+2^-QUANTILE_WEIGHT_BITS; summed per (group, bin); returned per group as two
+arrays (bins, weights) joined to the final row of the group.  Only the
+histogram leaves the engine, never a value.  The salt is
 a named query parameter (``$salt``, also used by the pre-join truncation of
 protected relations), so the rewritten SQL text is deterministic and serves as
 the cache key.  Every row-level expression arrives from the analysis typed and
@@ -42,7 +50,7 @@ from sqlglot import exp
 
 from gateway.engine.base import Executor
 from gateway.sql.domains import typed_literal
-from gateway.sql.plan import KeySpec, Plan
+from gateway.sql.plan import KeySpec, Plan, QuantileSpec
 from gateway.sql.relations import SALT
 from gateway.sql.verify import verify_total
 
@@ -50,6 +58,9 @@ if TYPE_CHECKING:
     from gateway.query.noise import Grid
 
 MAX_IN_LIST = 1000
+# Quantile weights are integers in units of 2^-10 of a value (truncated, so a unit
+# never weighs more than M).
+QUANTILE_WEIGHT_BITS = 10
 
 
 def rewrite(plan: Plan, grids: Mapping[str, Grid], executor: Executor) -> exp.Select:
@@ -96,20 +107,28 @@ class _Rewriter:
             assert s.value is not None
             text = s.value.sql(dialect="duckdb")
             self.stat_value[s.name] = self.values.setdefault(text, f"__dp_v{len(self.values)}")
+        for q in plan.quantiles:
+            text = q.value.sql(dialect="duckdb")
+            self.stat_value[q.name] = self.values.setdefault(text, f"__dp_v{len(self.values)}")
 
     def build(self) -> exp.Select:
-        ctes: list[tuple[str, exp.Query]] = [("__dp_rows", self._rows()),
-                                             ("__dp_groups", self._groups())]
-        source = "__dp_groups"
-        if self.keys:
-            ctes.append(("__dp_units", self._units()))
-            ctes.append(("__dp_joined", self._joined()))
-            source = "__dp_joined"
-            if self._needs_selection():
-                ctes.append(("__dp_kept", self._kept()))
-                source = "__dp_kept"
-        ctes.append(("__dp_contrib", self._contrib(source)))
-        final = self._final()
+        ctes: list[tuple[str, exp.Query]] = [("__dp_rows", self._rows())]
+        # Quantiles alone without groups need none of the per-unit sums.
+        main = not self.plan.quantiles or bool(self.plan.stats) or bool(self.keys)
+        if main:
+            ctes.append(("__dp_groups", self._groups()))
+            source = "__dp_groups"
+            if self.keys:
+                ctes.append(("__dp_units", self._units()))
+                ctes.append(("__dp_joined", self._joined()))
+                source = "__dp_joined"
+                if self._needs_selection():
+                    ctes.append(("__dp_kept", self._kept()))
+                    source = "__dp_kept"
+            ctes.append(("__dp_contrib", self._contrib(source)))
+        for i, q in enumerate(self.plan.quantiles):
+            ctes.extend(self._quantile_stages(i, q))
+        final = self._with_quantiles(self._final() if main else None)
         user_ctes = list(self.plan.with_.expressions) if self.plan.with_ is not None else []
         with_ = exp.With(expressions=[c.copy() for c in user_ctes] + [
             exp.CTE(this=q, alias=exp.TableAlias(this=exp.to_identifier(n, quoted=True)))
@@ -129,6 +148,8 @@ class _Rewriter:
         for s in self.plan.stats:
             assert s.value is not None
             by_value[self.stat_value[s.name]] = s.value
+        for q in self.plan.quantiles:
+            by_value[self.stat_value[q.name]] = q.value
         for col, value in by_value.items():
             items.append(exp.alias_(value.copy(), col, quoted=True))
         rel.set("expressions", items)
@@ -283,6 +304,105 @@ class _Rewriter:
                                     quoted=True))
         return exp.select(*items).from_(source)
 
+    # -- quantiles ----------------------------------------------------------------------
+
+    def _bin(self, q: QuantileSpec) -> exp.Expr:
+        """The bin of a (clamped, non-NULL) value: an integer in [0, bins)."""
+        v: exp.Expr = _col(self.stat_value[q.name])
+        if q.bins == 1:
+            return exp.Literal.number(0)
+        if q.kind == "date":
+            v = exp.DateDiff(this=v, expression=typed_literal(q.origin, "date"),
+                             unit=exp.Var(this="DAY"))
+        offset = exp.Paren(this=exp.Sub(this=v, expression=_num(q.lo))) if q.lo else v
+        if q.integral and q.hi - q.lo + 1 == q.bins:
+            return _bigint(offset)
+        scaled = exp.Mul(this=offset, expression=_double(q.bins / (q.hi - q.lo)))
+        # The value is clamped to [lo, hi]: only hi itself would land in bin ``bins``.
+        return exp.Least(this=_bigint(exp.Floor(this=scaled)),
+                         expressions=[_num(q.bins - 1)], ignore_nulls=True)
+
+    def _quantile_stages(self, i: int, q: QuantileSpec) -> list[tuple[str, exp.Query]]:
+        keys = [_col(k) for k in self.keys]
+        unit = _col("__dp_unit")
+        binned = exp.alias_(self._bin(q), "__dp_bin", quoted=True)
+        cells = exp.select(unit.copy(), *[k.copy() for k in keys], binned,
+                           exp.alias_(exp.Count(this=exp.Star()), "__dp_c", quoted=True)
+                           ).from_("__dp_rows").where(
+            exp.Not(this=exp.Is(this=_col(self.stat_value[q.name]), expression=exp.Null()))
+        ).group_by(unit.copy(), *[k.copy() for k in keys], self._bin(q))
+        stages: list[tuple[str, exp.Query]] = [(f"__dp_qc{i}", cells)]
+        source = f"__dp_qc{i}"
+        if self.keys and self._needs_selection():
+            # Only the groups stage 4 kept for the unit (one row per kept group there).
+            kept = exp.select(unit.copy(), *[k.copy() for k in keys]).from_("__dp_kept")
+            on = exp.and_(
+                exp.EQ(this=exp.column("__dp_unit", "c", quoted=True),
+                       expression=exp.column("__dp_unit", "k", quoted=True)),
+                *[exp.NullSafeEQ(this=exp.column(k, "c", quoted=True),
+                                 expression=exp.column(k, "k", quoted=True))
+                  for k in self.keys])
+            restricted = exp.select(_star("c")).from_(
+                exp.alias_(exp.to_table(source), "c", table=True)).join(
+                kept.subquery("k"), on=on)
+            stages.append((f"__dp_qk{i}", restricted))
+            source = f"__dp_qk{i}"
+        totals = exp.select(unit.copy(), exp.alias_(_sum(_col("__dp_c")), "__dp_t", quoted=True)
+                            ).from_(source).group_by(unit.copy())
+        stages.append((f"__dp_qt{i}", totals))
+        one = 2 ** QUANTILE_WEIGHT_BITS
+        m = self.plan.max_rows
+        weight = exp.Case(
+            ifs=[exp.If(this=exp.LTE(this=_col("__dp_t"), expression=_num(m)),
+                        true=exp.Mul(this=_col("__dp_c"), expression=_num(one)))],
+            default=_bigint(exp.Floor(this=exp.Div(
+                this=exp.Mul(this=_double(m * one), expression=_col("__dp_c")),
+                expression=_col("__dp_t")))))
+        weights = exp.select(*[k.copy() for k in keys], _col("__dp_bin"),
+                             exp.alias_(_sum(weight), "__dp_w", quoted=True)
+                             ).from_(source).join(f"__dp_qt{i}", using=["__dp_unit"]).group_by(
+            *[k.copy() for k in keys], _col("__dp_bin"))
+        stages.append((f"__dp_qw{i}", weights))
+
+        def ordered(col: str) -> exp.Expr:
+            return exp.ArrayAgg(this=exp.Order(this=_col(col), expressions=[
+                exp.Ordered(this=_col("__dp_bin"), nulls_first=False)]))
+
+        arrays = exp.select(*[k.copy() for k in keys],
+                            exp.alias_(ordered("__dp_bin"), f"{q.name}_b", quoted=True),
+                            exp.alias_(ordered("__dp_w"), f"{q.name}_w", quoted=True)
+                            ).from_(f"__dp_qw{i}")
+        if keys:
+            arrays = arrays.group_by(*[k.copy() for k in keys])
+        stages.append((f"__dp_qa{i}", arrays))
+        return stages
+
+    def _with_quantiles(self, main: exp.Select | None) -> exp.Select:
+        """The final row of each group, with each quantile's histogram arrays."""
+        if not self.plan.quantiles:
+            assert main is not None
+            return main
+        items: list[exp.Expr] = []
+        if main is not None:
+            items.append(_star("__dp_m"))
+            q = exp.select().from_(main.subquery("__dp_m"))
+        else:
+            q = exp.select()
+        for i, spec in enumerate(self.plan.quantiles):
+            alias = f"__dp_qa{i}"
+            for suffix in ("_b", "_w"):
+                items.append(exp.column(f"{spec.name}{suffix}", alias, quoted=True))
+            if main is None and i == 0:
+                q = q.from_(alias)
+            elif main is None or not self.keys:
+                q = q.join(alias, join_type="cross")
+            else:
+                on = exp.and_(*[exp.NullSafeEQ(this=exp.column(k, "__dp_m", quoted=True),
+                                               expression=exp.column(k, alias, quoted=True))
+                                for k in self.keys])
+                q = q.join(alias, on=on, join_type="left")
+        return q.select(*items)
+
     def _on_grid(self, e: exp.Expr, grid: Grid) -> exp.Expr:
         if grid.integral:
             # Truncation toward zero never increases a contribution's magnitude.
@@ -303,6 +423,10 @@ class _Rewriter:
         if self.keys:
             q = q.group_by(*[_col(k) for k in self.keys])
         return q
+
+
+def _star(table: str) -> exp.Column:
+    return exp.Column(this=exp.Star(), table=exp.to_identifier(table, quoted=True))
 
 
 def _total_name(stat: str) -> str:

@@ -17,6 +17,7 @@ read: the query is refused and the operator's log says which node.
 from __future__ import annotations
 
 import logging
+import re
 
 from sqlglot import exp
 
@@ -27,6 +28,8 @@ log = logging.getLogger(__name__)
 # Stages of the rewrite that read only __dp_rows' cleaned values.
 AGGREGATING_STAGES = frozenset({"__dp_groups", "__dp_units", "__dp_joined", "__dp_kept",
                                 "__dp_contrib"})
+# The quantile stages (counts per bin, weights, arrays) read __dp_rows only, too.
+QUANTILE_STAGE = re.compile(r"__dp_q[cktwa]\d+")
 
 # Kinds that cannot raise when their operands are total and typed alike (the typer
 # rejects mismatched operands before this runs).
@@ -46,7 +49,7 @@ def verify_total(tree: exp.Select) -> None:
     """Raise InternalError unless every row-level expression of ``tree`` is total."""
     with_ = tree.args.get("with_")
     for cte in with_.expressions if with_ is not None else []:
-        if cte.alias_or_name in AGGREGATING_STAGES:
+        if cte.alias_or_name in AGGREGATING_STAGES or QUANTILE_STAGE.fullmatch(cte.alias_or_name):
             continue
         for select in cte.this.find_all(exp.Select):
             _check_select(select)
