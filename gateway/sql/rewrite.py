@@ -113,8 +113,10 @@ class _Rewriter:
 
     def build(self) -> exp.Select:
         ctes: list[tuple[str, exp.Query]] = [("__dp_rows", self._rows())]
-        # Quantiles alone without groups need none of the per-unit sums.
-        main = not self.plan.quantiles or bool(self.plan.stats) or bool(self.keys)
+        # Quantiles alone need none of the per-unit sums, unless their groups must be
+        # selected (the unit counts).
+        main = not self.plan.quantiles or bool(self.plan.stats) or \
+            self.plan.partition_selection
         if main:
             ctes.append(("__dp_groups", self._groups()))
             source = "__dp_groups"
@@ -323,46 +325,91 @@ class _Rewriter:
                          expressions=[_num(q.bins - 1)], ignore_nulls=True)
 
     def _quantile_stages(self, i: int, q: QuantileSpec) -> list[tuple[str, exp.Query]]:
+        """Histogram stages of one quantile value (names ``__dp_q<x><i>``).
+
+        The unit bound is applied row by row: each row of a unit with t values weighs
+        min(1, M/t) (truncated on the weight grid), so a unit weighs at most M in all.
+        Units in more than L0 groups keep L0 of them by the keyed hash first; the
+        groups of the others are found without ranking: a unit whose key columns
+        have one value each (MIN = MAX, no NULL mixed in) is in one group.
+        """
         keys = [_col(k) for k in self.keys]
         unit = _col("__dp_unit")
-        binned = exp.alias_(self._bin(q), "__dp_bin", quoted=True)
-        cells = exp.select(unit.copy(), *[k.copy() for k in keys], binned,
-                           exp.alias_(exp.Count(this=exp.Star()), "__dp_c", quoted=True)
-                           ).from_("__dp_rows").where(
-            exp.Not(this=exp.Is(this=_col(self.stat_value[q.name]), expression=exp.Null()))
-        ).group_by(unit.copy(), *[k.copy() for k in keys], self._bin(q))
-        stages: list[tuple[str, exp.Query]] = [(f"__dp_qc{i}", cells)]
-        source = f"__dp_qc{i}"
-        if self.keys and self._needs_selection():
-            # Only the groups stage 4 kept for the unit (one row per kept group there).
-            kept = exp.select(unit.copy(), *[k.copy() for k in keys]).from_("__dp_kept")
+        value = _col(self.stat_value[q.name])
+        rows = exp.select(unit.copy(), *[k.copy() for k in keys],
+                          exp.alias_(self._bin(q), "__dp_bin", quoted=True)
+                          ).from_("__dp_rows").where(
+            exp.Not(this=exp.Is(this=value, expression=exp.Null())))
+        names = {x: f"__dp_q{x}{i}" for x in ("r", "u", "s", "m", "g", "n", "v", "w", "a")}
+        stages: list[tuple[str, exp.Query]] = [(names["r"], rows)]
+        count = exp.alias_(exp.Count(this=exp.Star()), "__dp_t", quoted=True)
+        select_keys = [k.copy() for k in keys]
+        if not (self.keys and self._needs_selection()):
+            stages.append((names["u"], exp.select(unit.copy(), count).from_(names["r"])
+                           .group_by(unit.copy())))
+            weights = exp.select(*select_keys, _col("__dp_bin"),
+                                 exp.alias_(_sum(self._row_weight()), "__dp_w", quoted=True)
+                                 ).from_(names["r"]).join(names["u"], using=["__dp_unit"])
+        else:
+            per_unit: list[exp.Expr] = [unit.copy(), count]
+            single: list[exp.Expr] = []
+            for j, k in enumerate(self.keys):
+                lo, hi, nk = f"__dp_lo{j}", f"__dp_hi{j}", f"__dp_nk{j}"
+                per_unit += [exp.alias_(exp.Min(this=_col(k)), lo, quoted=True),
+                             exp.alias_(exp.Max(this=_col(k)), hi, quoted=True),
+                             exp.alias_(exp.Count(this=_col(k)), nk, quoted=True)]
+                single.append(exp.or_(
+                    exp.and_(exp.EQ(this=_col(lo), expression=_col(hi)),
+                             exp.EQ(this=_col(nk), expression=_col("__dp_t"))),
+                    exp.EQ(this=_col(nk), expression=exp.Literal.number(0))))
+            stages.append((names["u"], exp.select(*per_unit).from_(names["r"])
+                           .group_by(unit.copy())))
+            one_group = exp.and_(*single)
+            # Units in one group: weighted at once.
+            ones = exp.select(*select_keys, _col("__dp_bin"),
+                              exp.alias_(self._row_weight(), "__dp_w", quoted=True)
+                              ).from_(names["r"]).join(names["u"], using=["__dp_unit"]
+                                                       ).where(one_group)
+            stages.append((names["s"], ones))
+            many = exp.select(exp.column("__dp_unit", names["r"], quoted=True),
+                              *[exp.column(k, names["r"], quoted=True) for k in self.keys],
+                              _col("__dp_bin")).from_(names["r"]).join(
+                names["u"], using=["__dp_unit"]).where(exp.Not(this=exp.Paren(
+                    this=one_group.copy())))
+            stages.append((names["m"], many))
+            # Their groups, L0 of them by the keyed hash (the same rule as stage 4).
+            order = self.ex.keyed_hash([_col("__dp_unit"), *[_col(k) for k in self.keys]],
+                                       exp.Placeholder(this=SALT))
+            rank = exp.Window(this=exp.RowNumber(), partition_by=[_col("__dp_unit")],
+                              order=exp.Order(expressions=[exp.Ordered(this=order)]))
+            pairs = exp.select(unit.copy(), *[k.copy() for k in keys]).from_(
+                names["m"]).group_by(unit.copy(), *[k.copy() for k in keys])
+            ranked = exp.select(exp.Star(), exp.alias_(rank, "__dp_rank", quoted=True)
+                                ).from_(pairs.subquery("__dp_pairs"))
+            kept = exp.select(unit.copy(), *[k.copy() for k in keys]).from_(
+                ranked.subquery("__dp_ranked")).where(
+                exp.LTE(this=_col("__dp_rank"), expression=_num(self.plan.max_groups)))
+            stages.append((names["g"], kept))
             on = exp.and_(
                 exp.EQ(this=exp.column("__dp_unit", "c", quoted=True),
                        expression=exp.column("__dp_unit", "k", quoted=True)),
                 *[exp.NullSafeEQ(this=exp.column(k, "c", quoted=True),
                                  expression=exp.column(k, "k", quoted=True))
                   for k in self.keys])
-            restricted = exp.select(_star("c")).from_(
-                exp.alias_(exp.to_table(source), "c", table=True)).join(
-                kept.subquery("k"), on=on)
-            stages.append((f"__dp_qk{i}", restricted))
-            source = f"__dp_qk{i}"
-        totals = exp.select(unit.copy(), exp.alias_(_sum(_col("__dp_c")), "__dp_t", quoted=True)
-                            ).from_(source).group_by(unit.copy())
-        stages.append((f"__dp_qt{i}", totals))
-        one = 2 ** QUANTILE_WEIGHT_BITS
-        m = self.plan.max_rows
-        weight = exp.Case(
-            ifs=[exp.If(this=exp.LTE(this=_col("__dp_t"), expression=_num(m)),
-                        true=exp.Mul(this=_col("__dp_c"), expression=_num(one)))],
-            default=_bigint(exp.Floor(this=exp.Div(
-                this=exp.Mul(this=_double(m * one), expression=_col("__dp_c")),
-                expression=_col("__dp_t")))))
-        weights = exp.select(*[k.copy() for k in keys], _col("__dp_bin"),
-                             exp.alias_(_sum(weight), "__dp_w", quoted=True)
-                             ).from_(source).join(f"__dp_qt{i}", using=["__dp_unit"]).group_by(
-            *[k.copy() for k in keys], _col("__dp_bin"))
-        stages.append((f"__dp_qw{i}", weights))
+            stages.append((names["n"], exp.select(_star("c")).from_(
+                exp.alias_(exp.to_table(names["m"]), "c", table=True)).join(
+                exp.alias_(exp.to_table(names["g"]), "k", table=True), on=on)))
+            stages.append((names["v"], exp.select(unit.copy(), count.copy()).from_(names["n"])
+                           .group_by(unit.copy())))
+            others = exp.select(*[k.copy() for k in keys], _col("__dp_bin"),
+                                exp.alias_(self._row_weight(), "__dp_w", quoted=True)
+                                ).from_(names["n"]).join(names["v"], using=["__dp_unit"])
+            both = exp.union(exp.select(exp.Star()).from_(names["s"]), others, distinct=False)
+            weights = exp.select(*[k.copy() for k in keys], _col("__dp_bin"),
+                                 exp.alias_(_sum(_col("__dp_w")), "__dp_w", quoted=True)
+                                 ).from_(both.subquery("__dp_both"))
+        stages.append((names["w"], weights.group_by(*[k.copy() for k in keys],
+                                                     _col("__dp_bin"))))
 
         def ordered(col: str) -> exp.Expr:
             return exp.ArrayAgg(this=exp.Order(this=_col(col), expressions=[
@@ -371,36 +418,67 @@ class _Rewriter:
         arrays = exp.select(*[k.copy() for k in keys],
                             exp.alias_(ordered("__dp_bin"), f"{q.name}_b", quoted=True),
                             exp.alias_(ordered("__dp_w"), f"{q.name}_w", quoted=True)
-                            ).from_(f"__dp_qw{i}")
+                            ).from_(names["w"])
         if keys:
             arrays = arrays.group_by(*[k.copy() for k in keys])
-        stages.append((f"__dp_qa{i}", arrays))
+        stages.append((names["a"], arrays))
         return stages
 
+    def _row_weight(self) -> exp.Expr:
+        """A row's weight on the grid 2^-QUANTILE_WEIGHT_BITS when its unit has __dp_t
+        values: 1, or M/t truncated (a unit never weighs more than M)."""
+        one = 2 ** QUANTILE_WEIGHT_BITS
+        m = self.plan.max_rows
+        return exp.Case(
+            ifs=[exp.If(this=exp.LTE(this=_col("__dp_t"), expression=_num(m)),
+                        true=_num(one))],
+            default=_bigint(exp.Floor(this=exp.Div(this=_double(m * one),
+                                                   expression=_col("__dp_t")))))
+
     def _with_quantiles(self, main: exp.Select | None) -> exp.Select:
-        """The final row of each group, with each quantile's histogram arrays."""
+        """One row per group: the final sums (if any) and each quantile's histogram arrays.
+
+        Each histogram chose its units' L0 groups on its own rows, so a group may be in
+        one part and not in another: the groups are the union of all parts' groups, and a
+        part's missing values are zeros (sums) or empty histograms."""
         if not self.plan.quantiles:
             assert main is not None
             return main
+        parts = ([("__dp_m", main.subquery("__dp_m"))] if main is not None else []) + [
+            (f"__dp_qa{i}", exp.to_table(f"__dp_qa{i}")) for i in range(len(self.plan.quantiles))]
         items: list[exp.Expr] = []
-        if main is not None:
-            items.append(_star("__dp_m"))
-            q = exp.select().from_(main.subquery("__dp_m"))
-        else:
+        if not self.keys:
             q = exp.select()
+            for j, (alias, source) in enumerate(parts):
+                if isinstance(source, exp.Table):
+                    source = exp.alias_(source, alias, table=True)
+                q = q.from_(source) if j == 0 else q.join(source, join_type="cross")
+            items.append(exp.Star())
+            return q.select(*items)
+        union: exp.Query | None = None
+        for alias, _ in parts:
+            part = exp.select(*[_col(k) for k in self.keys]).from_(
+                alias if alias != "__dp_m" else main.subquery("__dp_m"))  # type: ignore[union-attr]
+            union = part if union is None else exp.union(union, part, distinct=True)
+        assert union is not None
+        q = exp.select().from_(union.subquery("__dp_all"))
+        items += [exp.column(k, "__dp_all", quoted=True) for k in self.keys]
+        for alias, source in parts:
+            if isinstance(source, exp.Table):
+                source = exp.alias_(source, alias, table=True)
+            on = exp.and_(*[exp.NullSafeEQ(this=exp.column(k, "__dp_all", quoted=True),
+                                           expression=exp.column(k, alias, quoted=True))
+                            for k in self.keys])
+            q = q.join(source, on=on, join_type="left")
+        if main is not None:
+            extra = [s.name for s in self.plan.stats]
+            if self.plan.partition_selection:
+                extra.append("__dp_units")
+            items += [exp.alias_(_coalesce0(exp.column(c, "__dp_m", quoted=True)), c,
+                                 quoted=True) for c in extra]
         for i, spec in enumerate(self.plan.quantiles):
-            alias = f"__dp_qa{i}"
             for suffix in ("_b", "_w"):
-                items.append(exp.column(f"{spec.name}{suffix}", alias, quoted=True))
-            if main is None and i == 0:
-                q = q.from_(alias)
-            elif main is None or not self.keys:
-                q = q.join(alias, join_type="cross")
-            else:
-                on = exp.and_(*[exp.NullSafeEQ(this=exp.column(k, "__dp_m", quoted=True),
-                                               expression=exp.column(k, alias, quoted=True))
-                                for k in self.keys])
-                q = q.join(alias, on=on, join_type="left")
+                items.append(exp.column(f"{spec.name}{suffix}", f"__dp_qa{i}", quoted=True))
         return q.select(*items)
 
     def _on_grid(self, e: exp.Expr, grid: Grid) -> exp.Expr:

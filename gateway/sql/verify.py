@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 AGGREGATING_STAGES = frozenset({"__dp_groups", "__dp_units", "__dp_joined", "__dp_kept",
                                 "__dp_contrib"})
 # The quantile stages (counts per bin, weights, arrays) read __dp_rows only, too.
-QUANTILE_STAGE = re.compile(r"__dp_q[cktwa]\d+")
+QUANTILE_STAGE = re.compile(r"__dp_q[a-z]\d+")
 
 # Kinds that cannot raise when their operands are total and typed alike (the typer
 # rejects mismatched operands before this runs).
