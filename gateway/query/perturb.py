@@ -147,8 +147,6 @@ def _histograms(q: QuantileSpec, columns: dict[str, Any], idx: np.ndarray, n_row
 def _choose(q: QuantileSpec, noise: QuantileNoise, weights: np.ndarray, rng: RandomSource
             ) -> np.ndarray:
     """One exponential-mechanism choice per group, as the value its bin stands for."""
-    if not len(weights):
-        return np.zeros(0)
     chosen = select_quantile_bins(weights, noise.alpha, noise.epsilon, noise.sensitivity, rng)
     return np.asarray([q.value_of(int(j)) for j in chosen], dtype=np.float64)
 
@@ -203,7 +201,7 @@ def _as_values(q: QuantileSpec, v: np.ndarray) -> np.ndarray:
         assert q.origin is not None
         out = np.empty(len(v), dtype=object)
         for i, days in enumerate(v):
-            out[i] = q.origin + dt.timedelta(days=int(round(float(days))))
+            out[i] = q.origin + dt.timedelta(days=round(float(days)))
         return out
     if q.integral:
         return np.rint(v)

@@ -444,7 +444,8 @@ class _Rewriter:
         if not self.plan.quantiles:
             assert main is not None
             return main
-        parts = ([("__dp_m", main.subquery("__dp_m"))] if main is not None else []) + [
+        parts: list[tuple[str, exp.Expr]] = (
+            [("__dp_m", main.subquery("__dp_m"))] if main is not None else []) + [
             (f"__dp_qa{i}", exp.to_table(f"__dp_qa{i}")) for i in range(len(self.plan.quantiles))]
         items: list[exp.Expr] = []
         if not self.keys:

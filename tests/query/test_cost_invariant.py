@@ -30,6 +30,13 @@ PARTITIONS = [
     "SELECT duration_s, device, SUM(spend) FROM visits GROUP BY duration_s, device",
     "SELECT DISTINCT spend FROM visits",
 ]
+QUANTILES = [
+    "SELECT MEDIAN(spend) FROM visits",
+    "SELECT country, MIN(age), MAX(age), COUNT(*) FROM visits GROUP BY country",
+    "SELECT device, APPROX_QUANTILES(spend, 4), AVG(spend) FROM visits GROUP BY device",
+    "SELECT duration_s, PERCENTILE_CONT(0.9) WITHIN GROUP (ORDER BY age) FROM visits "
+    "GROUP BY duration_s",
+]
 
 
 @pytest.fixture(scope="module")
@@ -43,6 +50,7 @@ class Spy:
     def __init__(self) -> None:
         self.scales: list[tuple[str, float]] = []
         self.partitions: list[tuple[float, float, int]] = []
+        self.quantiles: list[tuple[float, float, float]] = []  # (rank, ε, sensitivity)
 
 
 @pytest.fixture()
@@ -63,6 +71,13 @@ def spy(monkeypatch: pytest.MonkeyPatch) -> Spy:
         return real_ps(units, eps, delta, l0, rng)
 
     monkeypatch.setattr(perturb, "select_partitions", partitions)
+    real_q = perturb.select_quantile_bins
+
+    def quantiles(weights: Any, alpha: float, eps: float, sens: float, rng: Any) -> Any:
+        found.quantiles.append((alpha, eps, sens))
+        return real_q(weights, alpha, eps, sens, rng)
+
+    monkeypatch.setattr(perturb, "select_quantile_bins", quantiles)
     return found
 
 
@@ -80,7 +95,7 @@ def _sensitivity(stat: Any, plan: Any, kind: str, step: float) -> float:
 
 
 @pytest.mark.parametrize("mechanism", ["laplace", "gaussian"])
-@pytest.mark.parametrize("sql", CASES + PARTITIONS)
+@pytest.mark.parametrize("sql", CASES + PARTITIONS + QUANTILES)
 def test_charge_is_the_composition_of_the_samplers_parameters(gw: Gateway, spy: Spy, sql: str,
                                                                 mechanism: str) -> None:
     epsilon, delta = 0.9, 1e-6
@@ -109,6 +124,12 @@ def test_charge_is_the_composition_of_the_samplers_parameters(gw: Gateway, spy: 
         assert calibration.gaussian_delta(multiplier, eps_g, 1.0) <= delta_g * (1 + 1e-9)
         eps_total += eps_g
         delta_total += delta_g
+    # One exponential mechanism per quantile rank; its utilities' sensitivity is
+    # max(α, 1 - α) times the M values a unit may contribute.
+    assert len(spy.quantiles) == sum(len(q.alphas) for q in plan.quantiles)
+    for alpha, eps_q, sens in spy.quantiles:
+        assert sens == pytest.approx(max(alpha, 1 - alpha) * plan.max_rows)
+        eps_total += eps_q
     for eps_ps, delta_ps, l0 in spy.partitions:
         assert l0 == plan.max_groups
         eps_total += eps_ps

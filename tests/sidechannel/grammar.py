@@ -355,6 +355,19 @@ class Gen:
             lit = self.lit(self.other(c.type))
         return f"{c.ref} {self.pick(['=', '<', '>'])} {lit}"
 
+    def quantile(self) -> str:
+        """MEDIAN, MIN/MAX, QUANTILE_CONT, PERCENTILE_CONT ... WITHIN GROUP, APPROX_QUANTILES."""
+        value = self.expr(DATE, 1) if self.p(0.2) else self.num(2)
+        rank = self.pick(["0.5", "0.01", "0.9", "1", "0", "1.5", "-0.1"])
+        return self.r.choice([
+            lambda: f"MEDIAN({value})",
+            lambda: f"{self.pick(['MIN', 'MAX'])}({value})",
+            lambda: f"QUANTILE_CONT({value}, {rank})",
+            lambda: f"PERCENTILE_{self.pick(['CONT', 'DISC'])}({rank}) WITHIN GROUP "
+                    f"(ORDER BY {value}{self.pick(['', ' DESC'])})",
+            lambda: f"APPROX_QUANTILES({value}, {self.pick(['2', '4', '0'])})",
+        ])()
+
     def aggregate(self) -> str:
         """An aggregate call, sometimes with FILTER (WHERE ...)."""
         r = self.r.random()
@@ -366,6 +379,8 @@ class Gen:
             call = f"COUNT(DISTINCT {self.r.choice(self.units).ref})"
         elif r < 0.42:  # a condition aggregated as 0/1
             call = f"{self.pick(['SUM', 'AVG'])}({self.pred(1)})"
+        elif r < 0.55:  # DP quantiles, over numbers or dates
+            call = self.quantile()
         else:
             call = f"{self.pick(AGGS)}({self.num(2)})"
         if self.p(0.25):
