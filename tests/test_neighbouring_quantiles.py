@@ -1,4 +1,4 @@
-"""DP quantiles end to end on neighbouring datasets.
+"""DP quantiles and COUNT(DISTINCT col) end to end on neighbouring datasets.
 
 D holds an adversarial unit with 600 rows at a value far outside the bounds, in
 every group; D' does not.  The engine's histograms (what leaves the engine) must
@@ -41,7 +41,7 @@ def _dataset(path: Path, attacker: bool) -> None:
             rows.append((user, str(rng.choice(DEVICES)), f"c{int(rng.integers(0, 3))}",
                          score, round(score)))
     if attacker:
-        rows += [(ATTACKER, DEVICES[i % 3], f"c{i % 3}", -1e6, -10**9) for i in range(600)]
+        rows += [(ATTACKER, DEVICES[i % 3], f"c{i % 3}", -1e6 - i, -10**9) for i in range(600)]
     write_parquet(path, "user_id BIGINT, device VARCHAR, city VARCHAR, score DOUBLE, "
                   "level BIGINT", rows)
 
@@ -146,3 +146,27 @@ def test_quantiles_with_partition_selection(pair: Any) -> None:
     with pytest.raises(Exception, match="delta"):
         gw.query("SELECT city, MEDIAN(score) AS m FROM t GROUP BY city", analyst="ps",
                  epsilon=3.0, delta=0.0)
+
+
+@pytest.mark.parametrize("sql", [
+    "SELECT COUNT(DISTINCT score) FROM t",
+    "SELECT device, COUNT(DISTINCT score) FROM t GROUP BY device",
+    "SELECT city, device, COUNT(DISTINCT score), COUNT(*) FROM t GROUP BY city, device",
+])
+def test_one_unit_moves_distinct_counts_by_at_most_m(pair: Any, sql: str) -> None:
+    """The adversary has 600 distinct values in every group; it keeps M (group, value)
+    pairs, so all distinct counts together move by at most M, the sensitivity charged."""
+    counts = []
+    for gw in pair:
+        plan = gw.plan(sql)
+        cal = calibrate(plan, 1.0, 1e-3, "laplace")
+        stat = next(s for s in plan.stats if s.kind == "distinct")
+        assert stat.sensitivity(plan.max_rows, plan.max_groups) == (M, M)
+        tree = rewrite(plan, cal.grids, gw.executor)
+        res = gw.executor.execute(tree, permit=read_permit(gw), params={"salt": 5})
+        cols = dict(zip(res.names, res.columns, strict=True))
+        keys = [tuple(cols[k.name][i] for k in plan.keys) for i in range(res.num_rows)]
+        counts.append({k: float(cols[stat.name][i]) for i, k in enumerate(keys)})
+    a, b = counts
+    moved = sum(abs(a.get(k, 0.0) - b.get(k, 0.0)) for k in set(a) | set(b))
+    assert 0 < moved <= M

@@ -319,7 +319,8 @@ def _is_integral(s: StatSpec, plan: Plan) -> bool:
     them fractional: truncating those would bias counts downwards, so they go on
     a fine grid like real values instead.
     """
-    return s.kind == "units" or (s.kind == "sum" and s.integral and plan.max_groups == 1)
+    return s.kind in ("units", "distinct") or (s.kind == "sum" and s.integral and
+                                               plan.max_groups == 1)
 
 
 def _laplace(s: StatSpec, plan: Plan, eps: float) -> StatNoise:

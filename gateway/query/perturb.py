@@ -224,7 +224,7 @@ def _add_noise(exact: np.ndarray, noise: StatNoise, rng: RandomSource) -> np.nda
 
 def _aggregate(agg: AggSpec, noisy: dict[str, np.ndarray], noise: dict[str, StatNoise]
                ) -> tuple[np.ndarray, np.ndarray]:
-    if agg.func in ("count", "count_units"):
+    if agg.func in ("count", "count_units", "count_distinct"):
         s = agg.stats[0]
         v = np.maximum(noisy[s], 0.0)
         return np.rint(v), np.full(len(v), noise[s].ci95)

@@ -111,14 +111,15 @@ class AggregateBuilder:
         arg = agg.this
         if isinstance(arg, exp.Distinct):
             targets = arg.expressions
-            if len(targets) != 1 or not self._is_unit(targets[0]):
-                raise QueryRejected(
-                    "COUNT(DISTINCT ...) is only supported on the privacy unit",
-                    hint="COUNT(DISTINCT <privacy unit>) counts units; for other columns "
-                    "GROUP BY the column and count the groups of the noisy result",
-                    rule="aggregate", span=span_of(agg, self.sql))
-            stat = self._stat("units", _gate(exp.Literal.number(1), cond), 0.0, 1.0, True)
-            return AggSpec(name, "count_units", key, (stat,), 0.0, 1.0, True, label)
+            if len(targets) != 1:
+                raise QueryRejected("COUNT(DISTINCT ...) takes one expression",
+                                    hint="count the distinct values of one column or "
+                                    "expression", rule="aggregate",
+                                    span=span_of(agg, self.sql))
+            if self._is_unit(targets[0]):
+                stat = self._stat("units", _gate(exp.Literal.number(1), cond), 0.0, 1.0, True)
+                return AggSpec(name, "count_units", key, (stat,), 0.0, 1.0, True, label)
+            return self._count_distinct(targets[0], cond, name, key, label)
         if arg is None or isinstance(arg, exp.Star):
             indicator: exp.Expr = exp.Literal.number(1)
         else:
@@ -232,6 +233,23 @@ class AggregateBuilder:
         bins = int(span) + 1 if integral and span + 1 <= MAX_BINS else (MAX_BINS if span else 1)
         return QuantileSpec(f"__dp_q{len(self._quantiles)}", value, lo, hi, bins,
                             "date" if kind == "date" else "number", integral, (), origin)
+
+    def _count_distinct(self, target: exp.Expr, cond: exp.Expr | None, name: str, key: str,
+                        label: str) -> AggSpec:
+        """COUNT(DISTINCT col) of a column that is not the unit: each unit keeps at most M
+        of its distinct (group, value) pairs, so its effect is at most M in all."""
+        for col in target.find_all(exp.Column):
+            _, info = self.scope.resolve(col, self.sql)
+            if info.sensitive:
+                raise QueryRejected(
+                    f"COUNT(DISTINCT ...) of {info.name!r} (the privacy unit or an identifier,"
+                    " or derived from them) would count people or rows",
+                    hint="COUNT(DISTINCT <privacy unit>) counts units; count another column",
+                    rule="aggregate", span=span_of(col, self.sql))
+        self.values.typer.type_of(target)  # typed (a mismatch is refused here)
+        value = _gate(self.values.typer.engine(target.copy()), cond)
+        stat = self._stat("distinct", value, 0.0, 1.0, True)
+        return AggSpec(name, "count_distinct", key, (stat,), 0.0, 1.0, True, label)
 
     def _is_unit(self, node: exp.Expr) -> bool:
         node = node.unnest()

@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from sqlglot import exp
 
-StatKind = Literal["sum", "ratio", "units"]
+StatKind = Literal["sum", "ratio", "units", "distinct"]
 
 
 @dataclass(frozen=True)
@@ -41,6 +41,10 @@ class StatSpec:
       shared by AVG/VAR/STDDEV; a unit's rows are scaled by min(1, M / its count)
       so its own mean is kept while it counts as at most M rows.
     * ``units``: 1 for each group a unit touches (COUNT(DISTINCT unit)).
+    * ``distinct``: distinct non-NULL ``value``s per group (COUNT(DISTINCT col)), after
+      each unit keeps at most M of its distinct (group, value) pairs (keyed hash): a
+      unit then adds or removes at most M (group, value) pairs, so the counts move by
+      at most M in all (L1 and L2).
     """
 
     name: str  # s0, s1, ...
@@ -64,6 +68,8 @@ class StatSpec:
         """(L1, L2) sensitivity in value units under add/remove-one-unit."""
         if self.kind == "units":
             return float(max_groups), math.sqrt(max_groups)
+        if self.kind == "distinct":
+            return float(max_rows), float(max_rows)
         if self.kind == "sum":
             b = max(abs(self.lo), abs(self.hi))
             return max_rows * b, max_rows * b

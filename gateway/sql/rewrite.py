@@ -50,7 +50,7 @@ from sqlglot import exp
 
 from gateway.engine.base import Executor
 from gateway.sql.domains import typed_literal
-from gateway.sql.plan import KeySpec, Plan, QuantileSpec
+from gateway.sql.plan import KeySpec, Plan, QuantileSpec, StatSpec
 from gateway.sql.relations import SALT
 from gateway.sql.verify import verify_total
 
@@ -110,13 +110,16 @@ class _Rewriter:
         for q in plan.quantiles:
             text = q.value.sql(dialect="duckdb")
             self.stat_value[q.name] = self.values.setdefault(text, f"__dp_v{len(self.values)}")
+        # COUNT(DISTINCT col) has stages of its own; the per-unit sums handle the rest.
+        self.main_stats = [s for s in plan.stats if s.kind != "distinct"]
+        self.distinct = [s for s in plan.stats if s.kind == "distinct"]
 
     def build(self) -> exp.Select:
         ctes: list[tuple[str, exp.Query]] = [("__dp_rows", self._rows())]
         # Quantiles alone need none of the per-unit sums, unless their groups must be
         # selected (the unit counts).
-        main = not self.plan.quantiles or bool(self.plan.stats) or \
-            self.plan.partition_selection
+        main = bool(self.main_stats) or self.plan.partition_selection or not (
+            self.plan.quantiles or self.distinct)
         if main:
             ctes.append(("__dp_groups", self._groups()))
             source = "__dp_groups"
@@ -130,6 +133,8 @@ class _Rewriter:
             ctes.append(("__dp_contrib", self._contrib(source)))
         for i, q in enumerate(self.plan.quantiles):
             ctes.extend(self._quantile_stages(i, q))
+        for i, d in enumerate(self.distinct):
+            ctes.extend(self._distinct_stages(i, d))
         final = self._with_quantiles(self._final() if main else None)
         user_ctes = list(self.plan.with_.expressions) if self.plan.with_ is not None else []
         with_ = exp.With(expressions=[c.copy() for c in user_ctes] + [
@@ -186,7 +191,7 @@ class _Rewriter:
     def _groups(self) -> exp.Select:
         group_by = ["__dp_unit", *self.keys]
         items: list[exp.Expr] = [_col(c) for c in group_by]
-        for s in self.plan.stats:
+        for s in self.main_stats:
             assert s.value is not None
             value = s.value
             v = _col(self.stat_value[s.name])
@@ -214,8 +219,8 @@ class _Rewriter:
     def _totals(self) -> dict[str, tuple[str, exp.Expr]]:
         """Per statistic: the column holding its unit total, and how it is summed."""
         out: dict[str, tuple[str, exp.Expr]] = {}
-        counts = {s.ratio: s.name for s in self.plan.stats if s.kind == "ratio" and s.power == 0}
-        for s in self.plan.stats:
+        counts = {s.ratio: s.name for s in self.main_stats if s.kind == "ratio" and s.power == 0}
+        for s in self.main_stats:
             if s.kind == "units":
                 continue
             if s.kind == "sum":
@@ -248,7 +253,7 @@ class _Rewriter:
         keyed hash, and their totals are recomputed over the groups kept."""
         l0 = exp.Literal.number(self.plan.max_groups)
         ng = _col("__dp_ng")
-        stats = [_col(s.name) for s in self.plan.stats]
+        stats = [_col(s.name) for s in self.main_stats]
         totals = {col: value for col, value in self._totals().values()}
         few = exp.select(_col("__dp_unit"), *[_col(k) for k in self.keys], *stats,
                          *[_col(c) for c in totals]).from_("__dp_joined").where(
@@ -272,7 +277,7 @@ class _Rewriter:
         m = self.plan.max_rows
         totals = self._totals()
         items: list[exp.Expr] = [_col(k) for k in self.keys]
-        for s in self.plan.stats:
+        for s in self.main_stats:
             v = _col(s.name)
             if s.kind == "units":
                 items.append(exp.alias_(_bigint(v), s.name, quoted=True))
@@ -436,17 +441,21 @@ class _Rewriter:
                                                    expression=_col("__dp_t")))))
 
     def _with_quantiles(self, main: exp.Select | None) -> exp.Select:
-        """One row per group: the final sums (if any) and each quantile's histogram arrays.
+        """One row per group: the final sums (if any), each quantile's histogram arrays and
+        each distinct count.
 
-        Each histogram chose its units' L0 groups on its own rows, so a group may be in
-        one part and not in another: the groups are the union of all parts' groups, and a
-        part's missing values are zeros (sums) or empty histograms."""
-        if not self.plan.quantiles:
+        Each histogram and distinct count chose its units' groups on its own rows, so a
+        group may be in one part and not in another: the groups are the union of all
+        parts' groups, and a part's missing values are zeros or empty histograms."""
+        if not (self.plan.quantiles or self.distinct):
             assert main is not None
             return main
-        parts: list[tuple[str, exp.Expr]] = (
-            [("__dp_m", main.subquery("__dp_m"))] if main is not None else []) + [
-            (f"__dp_qa{i}", exp.to_table(f"__dp_qa{i}")) for i in range(len(self.plan.quantiles))]
+        parts: list[tuple[str, exp.Expr]] = []
+        if main is not None:
+            parts.append(("__dp_m", main.subquery("__dp_m")))
+        parts += [(f"__dp_qa{i}", exp.to_table(f"__dp_qa{i}"))
+                  for i in range(len(self.plan.quantiles))]
+        parts += [(f"__dp_qd{i}", exp.to_table(f"__dp_qd{i}")) for i in range(len(self.distinct))]
         items: list[exp.Expr] = []
         if not self.keys:
             q = exp.select()
@@ -472,7 +481,7 @@ class _Rewriter:
                             for k in self.keys])
             q = q.join(source, on=on, join_type="left")
         if main is not None:
-            extra = [s.name for s in self.plan.stats]
+            extra = [s.name for s in self.main_stats]
             if self.plan.partition_selection:
                 extra.append("__dp_units")
             items += [exp.alias_(_coalesce0(exp.column(c, "__dp_m", quoted=True)), c,
@@ -480,7 +489,34 @@ class _Rewriter:
         for i, spec in enumerate(self.plan.quantiles):
             for suffix in ("_b", "_w"):
                 items.append(exp.column(f"{spec.name}{suffix}", f"__dp_qa{i}", quoted=True))
+        for i, stat in enumerate(self.distinct):
+            items.append(exp.alias_(_coalesce0(exp.column(stat.name, f"__dp_qd{i}", quoted=True)),
+                                    stat.name, quoted=True))
         return q.select(*items)
+
+    def _distinct_stages(self, i: int, stat: StatSpec) -> list[tuple[str, exp.Query]]:
+        """COUNT(DISTINCT col): each unit's distinct (group, value) pairs, at most M of them
+        per unit chosen by the keyed hash, then the distinct values per group."""
+        keys = [_col(k) for k in self.keys]
+        unit = _col("__dp_unit")
+        value = _col(self.stat_value[stat.name])
+        pairs = exp.select(unit.copy(), *[k.copy() for k in keys],
+                           exp.alias_(value.copy(), "__dp_x", quoted=True)).from_(
+            "__dp_rows").where(exp.Not(this=exp.Is(this=value.copy(), expression=exp.Null()))
+                               ).group_by(unit.copy(), *[k.copy() for k in keys], value.copy())
+        order = self.ex.keyed_hash([_col("__dp_unit"), *[k.copy() for k in keys],
+                                    _col("__dp_x")], exp.Placeholder(this=SALT))
+        rank = exp.Window(this=exp.RowNumber(), partition_by=[_col("__dp_unit")],
+                          order=exp.Order(expressions=[exp.Ordered(this=order)]))
+        ranked = exp.select(exp.Star(), exp.alias_(rank, "__dp_rank", quoted=True)).from_(
+            f"__dp_qp{i}")
+        counted = exp.select(*[k.copy() for k in keys], exp.alias_(
+            exp.Count(this=exp.Distinct(expressions=[_col("__dp_x")])), stat.name, quoted=True)
+        ).from_(f"__dp_qx{i}").where(
+            exp.LTE(this=_col("__dp_rank"), expression=_num(self.plan.max_rows)))
+        if keys:
+            counted = counted.group_by(*[k.copy() for k in keys])
+        return [(f"__dp_qp{i}", pairs), (f"__dp_qx{i}", ranked), (f"__dp_qd{i}", counted)]
 
     def _on_grid(self, e: exp.Expr, grid: Grid) -> exp.Expr:
         if grid.integral:
@@ -492,7 +528,7 @@ class _Rewriter:
 
     def _final(self) -> exp.Select:
         items: list[exp.Expr] = [_col(k) for k in self.keys]
-        for s in self.plan.stats:
+        for s in self.main_stats:
             # Summed in the engine's widest integer (no cast back to 64 bits, which could
             # overflow with enough units: an error that would depend on the data).
             items.append(exp.alias_(_coalesce0(_sum(_col(s.name))), s.name, quoted=True))

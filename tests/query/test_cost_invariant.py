@@ -36,6 +36,8 @@ QUANTILES = [
     "SELECT device, APPROX_QUANTILES(spend, 4), AVG(spend) FROM visits GROUP BY device",
     "SELECT duration_s, PERCENTILE_CONT(0.9) WITHIN GROUP (ORDER BY age) FROM visits "
     "GROUP BY duration_s",
+    "SELECT device, COUNT(DISTINCT country), COUNT(DISTINCT visit_date) FROM visits "
+    "GROUP BY device",
 ]
 
 
@@ -88,7 +90,8 @@ def _sensitivity(stat: Any, plan: Any, kind: str, step: float) -> float:
         return math.ceil(l1 - 1e-9)
     if kind == "rounded_laplace":
         return calibration.grid_sensitivity(l1, step, plan.max_groups, "l1") / step
-    integral = stat.kind == "units" or (stat.kind == "sum" and plan.max_groups == 1)
+    integral = stat.kind in ("units", "distinct") or (stat.kind == "sum" and
+                                                      plan.max_groups == 1)
     if step == 1.0 and integral:
         return math.ceil(l2 - 1e-9) if stat.kind == "sum" else l2
     return calibration.grid_sensitivity(l2, step, plan.max_groups, "l2") / step

@@ -377,6 +377,8 @@ class Gen:
             call = f"COUNT({self.expr(self.any_type(), 1)})"
         elif r < 0.36 and self.units:
             call = f"COUNT(DISTINCT {self.r.choice(self.units).ref})"
+        elif r < 0.40:  # distinct values of any column or expression
+            call = f"COUNT(DISTINCT {self.expr(self.any_type(), 1)})"
         elif r < 0.42:  # a condition aggregated as 0/1
             call = f"{self.pick(['SUM', 'AVG'])}({self.pred(1)})"
         elif r < 0.55:  # DP quantiles, over numbers or dates
