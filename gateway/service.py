@@ -45,7 +45,7 @@ from gateway.query.results import (
 from gateway.sql.analyze import ROW_ID, Context, analyze
 from gateway.sql.domains import DomainFinder
 from gateway.sql.parse import parse
-from gateway.sql.plan import Plan
+from gateway.sql.plan import AggSpec, Plan
 from gateway.sql.relations import SALT
 from gateway.sql.rewrite import rewrite
 from gateway.sql.validate import validate
@@ -300,8 +300,11 @@ class Gateway:
             if target is None or target not in aggs:
                 continue
             agg = aggs[target]
+            if agg.quantile is not None:
+                base[item.alias_or_name] = _quantile_accuracy(item.alias_or_name, agg, cal)
+                continue
             main = cal.stats[agg.stats[0] if len(agg.stats) == 1 else agg.stats[1]]
-            ratio = agg.func not in ("count", "count_units", "sum")
+            ratio = agg.func not in ("count", "count_units", "count_distinct", "sum")
             ci95: float | None = None if ratio else main.ci95
             if table is not None:
                 ci = table.ci95.get(target)
@@ -338,6 +341,17 @@ class Gateway:
                               "sensitivity_l2": l2, "mechanism": noise.kind,
                               "epsilon": noise.epsilon, "noise_scale": noise.value_scale,
                               "grid": noise.grid.step, "ci95": noise.ci95})
+            if agg.quantile is not None:
+                q = next(q for q in plan.quantiles if q.name == agg.quantile)
+                for qn in cal.quantiles:
+                    if qn.quantile == q.name and qn.alpha in agg.alphas:
+                        stats.append({
+                            "statistic": f"{q.name}@{qn.alpha:g}", "kind": "quantile",
+                            "rank": qn.alpha, "bounds": [agg.lo, agg.hi], "bins": q.bins,
+                            "bin_width": q.width, "max_values_per_unit": plan.max_rows,
+                            "sensitivity": qn.sensitivity,
+                            "mechanism": "exponential (McSherry & Talwar 2007)",
+                            "epsilon": qn.epsilon, "rank_error95": qn.rank_error95})
             aggregates.append({"aggregate": agg.label, "function": agg.func,
                                "bounds": [agg.lo, agg.hi], "statistics": stats})
         ps = None
@@ -482,6 +496,14 @@ class Gateway:
     def predict(self, who: Analyst, model_id: str, rows: list[dict[str, Any]]) -> list[Any]:
         """Predictions for caller-supplied rows: post-processing, so free."""
         return self._training().predict(who, model_id, rows)
+
+
+def _quantile_accuracy(column: str, agg: AggSpec, cal: Calibration) -> Accuracy:
+    """A quantile's error is stated in ranks: the exponential mechanism's 95% bound."""
+    mine = [q for q in cal.quantiles if q.quantile == agg.quantile and q.alpha in agg.alphas]
+    worst = max(mine, key=lambda q: q.rank_error95)
+    return Accuracy(column, "exponential", 2.0 * worst.sensitivity / worst.epsilon, None,
+                    worst.rank_error95)
 
 
 def _plain(v: Any) -> Any:

@@ -21,10 +21,10 @@ from sqlglot import exp
 from gateway.engine.duckdb import policy_type
 from gateway.errors import BackendError
 from gateway.query.perturb import NoisyTable
-from gateway.sql.plan import Plan
+from gateway.sql.plan import AggSpec, Plan
 from gateway.sql.postprocess_plan import NOISY_TABLE
 
-INTEGER_AGGS = {"count", "count_units"}
+INTEGER_AGGS = {"count", "count_units", "count_distinct"}
 
 
 @dataclass(frozen=True)
@@ -79,6 +79,14 @@ def _agg_is_integer(plan: Plan, name: str) -> bool:
     return agg.func in INTEGER_AGGS or (agg.func == "sum" and agg.integral)
 
 
+def quantile_type(plan: Plan, agg: AggSpec) -> str | None:
+    """Policy type of a quantile aggregate's values (None: not a single-valued quantile)."""
+    if agg.quantile is None or agg.func == "quantiles":
+        return None
+    q = next(q for q in plan.quantiles if q.name == agg.quantile)
+    return "date" if q.kind == "date" else ("int" if q.integral else "float")
+
+
 def _direct(plan: Plan, table: NoisyTable) -> tuple[list[Column], list[tuple[Any, ...]]] | None:
     """The common post-processing query only renames columns: answer it without
     a round trip through DuckDB."""
@@ -97,7 +105,14 @@ def _direct(plan: Plan, table: NoisyTable) -> tuple[list[Column], list[tuple[Any
             cols.append([g[j] for g in table.keys])
             kind = keys[ref].type
         elif ref in table.values:
-            if _agg_is_integer(plan, ref):
+            agg = next(a for a in plan.aggs if a.name == ref)
+            if agg.quantile is not None:
+                kind = quantile_type(plan, agg) or "list"
+                if kind == "list":
+                    return None
+                cols.append([int(v) if kind == "int" else v if kind == "date" else
+                             _clean(float(v)) for v in table.values[ref]])
+            elif _agg_is_integer(plan, ref):
                 cols.append([int(v) for v in table.values[ref]])
                 kind = "int"
             else:
@@ -118,7 +133,11 @@ def to_frame(plan: Plan, table: NoisyTable) -> pd.DataFrame:
         data[key.name] = pd.Series([g[j] for g in table.keys], dtype=object)
     for agg in plan.aggs:
         v = table.values[agg.name]
-        if agg.func in INTEGER_AGGS or (agg.func == "sum" and agg.integral):
+        if agg.quantile is not None:
+            kind = quantile_type(plan, agg)
+            data[agg.name] = (pd.Series(list(v), dtype=object) if kind in (None, "date")
+                              else v.astype(np.int64 if kind == "int" else np.float64))
+        elif agg.func in INTEGER_AGGS or (agg.func == "sum" and agg.integral):
             data[agg.name] = v.astype(np.int64)
         else:
             data[agg.name] = v.astype(np.float64)

@@ -26,9 +26,15 @@ class Accuracy:
     mechanism: str
     noise_scale: float | None
     ci95: float | None
+    # DP quantiles: by how many values (rows, weighted) the chosen rank may miss, at 95%
+    # (their error has no data-independent width in value units).
+    rank_error95: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        if self.rank_error95 is None:  # the contract's four keys, a fifth for quantiles
+            del d["rank_error95"]
+        return d
 
 
 @dataclass(frozen=True)

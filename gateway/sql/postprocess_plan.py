@@ -22,7 +22,10 @@ NOISY_TABLE = "__dp_noisy"
 _PG_NAMES: dict[type[exp.Expr], str] = {
     exp.Count: "count", exp.Sum: "sum", exp.Avg: "avg", exp.Variance: "variance",
     exp.VariancePop: "var_pop", exp.StddevPop: "stddev_pop", exp.StddevSamp: "stddev_samp",
-    exp.Stddev: "stddev",
+    exp.Stddev: "stddev", exp.Median: "median", exp.PercentileCont: "percentile_cont",
+    exp.PercentileDisc: "percentile_disc", exp.Quantile: "quantile",
+    exp.ApproxQuantile: "approx_quantile", exp.ApproxQuantiles: "approx_quantiles",
+    exp.Min: "min", exp.Max: "max",
 }
 
 

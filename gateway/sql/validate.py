@@ -23,11 +23,16 @@ from gateway.errors import QueryRejected, Span
 SUPPORTED_AGGREGATES = (
     "COUNT(*)", "COUNT(expr)", "COUNT(DISTINCT <privacy unit>)", "SUM", "AVG",
     "VAR_POP", "VAR_SAMP", "VARIANCE", "STDDEV_POP", "STDDEV_SAMP", "STDDEV",
+    "MEDIAN", "PERCENTILE_CONT(p) WITHIN GROUP (ORDER BY x)", "PERCENTILE_DISC",
+    "QUANTILE_CONT(x, p)", "QUANTILE_DISC", "APPROX_QUANTILES(x, n)", "MIN", "MAX",
 )
 
 AGGREGATES: tuple[type[exp.Expr], ...] = (
     exp.Count, exp.Sum, exp.Avg, exp.Variance, exp.VariancePop,
     exp.Stddev, exp.StddevPop, exp.StddevSamp,
+    # DP quantiles (MIN and MAX among them); WITHIN GROUP forms are rewritten to these
+    exp.Median, exp.PercentileCont, exp.PercentileDisc, exp.Quantile, exp.ApproxQuantile,
+    exp.ApproxQuantiles, exp.Min, exp.Max,
 )
 
 _STRUCTURE: tuple[type[exp.Expr], ...] = (
@@ -98,10 +103,9 @@ _EXPLAINED: dict[type[exp.Expr], tuple[str, str]] = {
               "bucket values with FLOOR(x / n) or CASE instead"),
     exp.Exists: ("subqueries in WHERE are not supported",
                  "join the table in FROM instead"),
-    exp.WithinGroup: ("quantiles (PERCENTILE_CONT / PERCENTILE_DISC ... WITHIN GROUP) are not "
-                      "supported yet",
-                      "estimate the distribution with a histogram: GROUP BY a bucketed value "
-                      "(CASE or FLOOR(x / width)) with COUNT(*)"),
+    exp.WithinGroup: ("WITHIN GROUP is supported only as PERCENTILE_CONT(p) / "
+                      "PERCENTILE_DISC(p) WITHIN GROUP (ORDER BY one expression)",
+                      "e.g. PERCENTILE_CONT(0.5) WITHIN GROUP (ORDER BY spend)"),
     exp.Placeholder: ("query parameters must be bound before planning",
                       "bind the parameter values (the client library does this)"),
     exp.Parameter: ("query parameters must be bound before planning",
@@ -116,7 +120,7 @@ def validate(tree: exp.Select, sql: str, table_names: set[str], dialect: str = "
     ``table_names`` are the lower-case names of policy tables; CTE names are
     added per WITH clause.
     """
-    tree = tree.copy()
+    tree = _within_group_as_calls(tree.copy())
     cte_names = {cte.alias_or_name.lower() for cte in tree.find_all(exp.CTE)}
     for with_ in tree.find_all(exp.With):
         _check_with(with_, sql)
@@ -126,6 +130,29 @@ def validate(tree: exp.Select, sql: str, table_names: set[str], dialect: str = "
     # queries share cached answers and names match the policy.
     tree = normalize_identifiers(tree, dialect=dialect)
     return _unqualify(_make_casts_total(_to_char_as_strftime(tree)))
+
+
+def _within_group_as_calls(tree: exp.Select) -> exp.Select:
+    """PERCENTILE_CONT(p) WITHIN GROUP (ORDER BY x [DESC]) -> PERCENTILE_CONT(x, p'),
+    the form the planner reads (p' = 1 - p for DESC).  Other WITHIN GROUP forms stay,
+    and are refused with a reason."""
+
+    def rewrite(node: exp.Expr) -> exp.Expr:
+        if not isinstance(node, exp.WithinGroup):
+            return node
+        func, order = node.this, node.expression
+        if not isinstance(func, exp.PercentileCont | exp.PercentileDisc) or \
+                not isinstance(order, exp.Order) or len(order.expressions) != 1:
+            return node
+        ordered = order.expressions[0]
+        rank = func.this
+        if ordered.args.get("desc"):
+            if not isinstance(rank, exp.Literal) or rank.is_string:
+                return node
+            rank = exp.Literal.number(repr(1.0 - float(rank.this)))
+        return type(func)(this=ordered.this.copy(), expression=rank.copy())
+
+    return tree.transform(rewrite)  # type: ignore[return-value]
 
 
 def _check_node(node: exp.Expr, sql: str, tables: set[str], ctes: set[str]) -> None:
