@@ -55,6 +55,9 @@ _FLOAT_TYPES = {"FLOAT", "DOUBLE", "REAL"}
 def policy_type(duck_type: str) -> str:
     """Map a DuckDB type name to the policy's vocabulary ('unknown' if none fits)."""
     t = duck_type.upper()
+    if t.endswith("[]"):  # a list (APPROX_QUANTILES): 'float[]', ...
+        inner = policy_type(t[:-2])
+        return "unknown" if inner == "unknown" else inner + "[]"
     if t in _INT_TYPES:
         return "int"
     if t in _FLOAT_TYPES or t.startswith("DECIMAL"):

@@ -45,6 +45,9 @@ _SIZES = {BOOL: 1, INT2: 2, INT4: 4, INT8: 8, OID: 4, FLOAT4: 4, FLOAT8: 8, DATE
 # The gateway's column vocabulary (DESIGN §1.2) -> PostgreSQL types.
 GATEWAY_TYPES = {"int": INT8, "float": FLOAT8, "text": TEXT, "bool": BOOL, "date": DATE,
                  "timestamp": TIMESTAMP, "numeric": NUMERIC}
+# Lists (APPROX_QUANTILES) as arrays of those.
+GATEWAY_TYPES.update({f"{name}[]": ARRAY_OF[oid] for name, oid in list(GATEWAY_TYPES.items())
+                      if oid in ARRAY_OF})
 
 _DUCK_SCALARS = {
     "BOOLEAN": BOOL, "TINYINT": INT2, "SMALLINT": INT2, "INTEGER": INT4, "BIGINT": INT8,

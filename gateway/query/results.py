@@ -89,6 +89,8 @@ class Explanation:
 
 
 def jsonable(v: Any) -> Any:
+    if isinstance(v, list | tuple):  # APPROX_QUANTILES
+        return [jsonable(x) for x in v]
     if isinstance(v, dt.datetime | dt.date | dt.time):
         return v.isoformat()
     if isinstance(v, decimal.Decimal):

@@ -55,3 +55,11 @@ def test_bi_tool_query_shapes(dsn: str, sql: str) -> None:
     with psycopg.connect(dsn, autocommit=True) as conn:
         rows = conn.execute(sql).fetchall()
     assert rows
+
+
+def test_approx_quantiles_arrive_as_a_float_array(dsn: str) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        cur = conn.execute("SELECT APPROX_QUANTILES(amount, 4) AS q FROM visits")
+        (q,) = cur.fetchone()
+        assert cur.description[0].type_code == 1022  # float8[]
+    assert isinstance(q, list) and len(q) == 5 and q == sorted(q)
