@@ -27,11 +27,11 @@ One query, in stages (CTEs), after the analyst's joins and filters:
 Without GROUP BY a unit has one "group", and stages 3-4 disappear.
 
 DP quantiles (MEDIAN, PERCENTILE_CONT, MIN, MAX, ...) add a few stages per value
-(``__dp_qc<i>`` ... ``__dp_qa<i>``): per (unit, group, bin of the clamped value) a
-count, restricted to the groups stage 4 kept for the unit; each unit's counts
-scaled so that together they weigh at most M values and put on a grid of
-2^-QUANTILE_WEIGHT_BITS; summed per (group, bin); returned per group as two
-arrays (bins, weights) joined to the final row of the group.  Only the
+(``__dp_qr<i>`` ... ``__dp_qa<i>``): the bin of each clamped value, each unit's
+value count t, every row weighted min(1, M/t) on a grid of
+2^-QUANTILE_WEIGHT_BITS (a unit weighs at most M in all); summed per (group,
+bin); returned per group as two arrays (bins, weights) on the final row of the
+group.  Only the
 histogram leaves the engine, never a value.  The salt is
 a named query parameter (``$salt``, also used by the pre-join truncation of
 protected relations), so the rewritten SQL text is deterministic and serves as
@@ -333,10 +333,11 @@ class _Rewriter:
         """Histogram stages of one quantile value (names ``__dp_q<x><i>``).
 
         The unit bound is applied row by row: each row of a unit with t values weighs
-        min(1, M/t) (truncated on the weight grid), so a unit weighs at most M in all.
-        Units in more than L0 groups keep L0 of them by the keyed hash first; the
-        groups of the others are found without ranking: a unit whose key columns
-        have one value each (MIN = MAX, no NULL mixed in) is in one group.
+        min(1, M/t) (truncated on the weight grid), so a unit weighs at most M in all,
+        over all its groups together.  That is the whole bound the exponential
+        mechanism needs (a unit with weights c_g in its groups loses ε·c_g/M in each,
+        ε in all), so no choice of L0 groups is made: it would cost a ranking and
+        lose data for nothing.
         """
         keys = [_col(k) for k in self.keys]
         unit = _col("__dp_unit")
@@ -345,76 +346,15 @@ class _Rewriter:
                           exp.alias_(self._bin(q), "__dp_bin", quoted=True)
                           ).from_("__dp_rows").where(
             exp.Not(this=exp.Is(this=value, expression=exp.Null())))
-        names = {x: f"__dp_q{x}{i}" for x in ("r", "u", "s", "m", "g", "n", "v", "w", "a")}
-        stages: list[tuple[str, exp.Query]] = [(names["r"], rows)]
+        names = {x: f"__dp_q{x}{i}" for x in ("r", "u", "w", "a")}
         count = exp.alias_(exp.Count(this=exp.Star()), "__dp_t", quoted=True)
-        select_keys = [k.copy() for k in keys]
-        if not (self.keys and self._needs_selection()):
-            stages.append((names["u"], exp.select(unit.copy(), count).from_(names["r"])
-                           .group_by(unit.copy())))
-            weights = exp.select(*select_keys, _col("__dp_bin"),
-                                 exp.alias_(_sum(self._row_weight()), "__dp_w", quoted=True)
-                                 ).from_(names["r"]).join(names["u"], using=["__dp_unit"])
-        else:
-            per_unit: list[exp.Expr] = [unit.copy(), count]
-            single: list[exp.Expr] = []
-            for j, k in enumerate(self.keys):
-                lo, hi, nk = f"__dp_lo{j}", f"__dp_hi{j}", f"__dp_nk{j}"
-                per_unit += [exp.alias_(exp.Min(this=_col(k)), lo, quoted=True),
-                             exp.alias_(exp.Max(this=_col(k)), hi, quoted=True),
-                             exp.alias_(exp.Count(this=_col(k)), nk, quoted=True)]
-                single.append(exp.or_(
-                    exp.and_(exp.EQ(this=_col(lo), expression=_col(hi)),
-                             exp.EQ(this=_col(nk), expression=_col("__dp_t"))),
-                    exp.EQ(this=_col(nk), expression=exp.Literal.number(0))))
-            stages.append((names["u"], exp.select(*per_unit).from_(names["r"])
-                           .group_by(unit.copy())))
-            one_group = exp.and_(*single)
-            # Units in one group: weighted at once.
-            ones = exp.select(*select_keys, _col("__dp_bin"),
-                              exp.alias_(self._row_weight(), "__dp_w", quoted=True)
-                              ).from_(names["r"]).join(names["u"], using=["__dp_unit"]
-                                                       ).where(one_group)
-            stages.append((names["s"], ones))
-            many = exp.select(exp.column("__dp_unit", names["r"], quoted=True),
-                              *[exp.column(k, names["r"], quoted=True) for k in self.keys],
-                              _col("__dp_bin")).from_(names["r"]).join(
-                names["u"], using=["__dp_unit"]).where(exp.Not(this=exp.Paren(
-                    this=one_group.copy())))
-            stages.append((names["m"], many))
-            # Their groups, L0 of them by the keyed hash (the same rule as stage 4).
-            order = self.ex.keyed_hash([_col("__dp_unit"), *[_col(k) for k in self.keys]],
-                                       exp.Placeholder(this=SALT))
-            rank = exp.Window(this=exp.RowNumber(), partition_by=[_col("__dp_unit")],
-                              order=exp.Order(expressions=[exp.Ordered(this=order)]))
-            pairs = exp.select(unit.copy(), *[k.copy() for k in keys]).from_(
-                names["m"]).group_by(unit.copy(), *[k.copy() for k in keys])
-            ranked = exp.select(exp.Star(), exp.alias_(rank, "__dp_rank", quoted=True)
-                                ).from_(pairs.subquery("__dp_pairs"))
-            kept = exp.select(unit.copy(), *[k.copy() for k in keys]).from_(
-                ranked.subquery("__dp_ranked")).where(
-                exp.LTE(this=_col("__dp_rank"), expression=_num(self.plan.max_groups)))
-            stages.append((names["g"], kept))
-            on = exp.and_(
-                exp.EQ(this=exp.column("__dp_unit", "c", quoted=True),
-                       expression=exp.column("__dp_unit", "k", quoted=True)),
-                *[exp.NullSafeEQ(this=exp.column(k, "c", quoted=True),
-                                 expression=exp.column(k, "k", quoted=True))
-                  for k in self.keys])
-            stages.append((names["n"], exp.select(_star("c")).from_(
-                exp.alias_(exp.to_table(names["m"]), "c", table=True)).join(
-                exp.alias_(exp.to_table(names["g"]), "k", table=True), on=on)))
-            stages.append((names["v"], exp.select(unit.copy(), count.copy()).from_(names["n"])
-                           .group_by(unit.copy())))
-            others = exp.select(*[k.copy() for k in keys], _col("__dp_bin"),
-                                exp.alias_(self._row_weight(), "__dp_w", quoted=True)
-                                ).from_(names["n"]).join(names["v"], using=["__dp_unit"])
-            both = exp.union(exp.select(exp.Star()).from_(names["s"]), others, distinct=False)
-            weights = exp.select(*[k.copy() for k in keys], _col("__dp_bin"),
-                                 exp.alias_(_sum(_col("__dp_w")), "__dp_w", quoted=True)
-                                 ).from_(both.subquery("__dp_both"))
-        stages.append((names["w"], weights.group_by(*[k.copy() for k in keys],
-                                                     _col("__dp_bin"))))
+        per_unit = exp.select(unit.copy(), count).from_(names["r"]).group_by(unit.copy())
+        weights = exp.select(*[k.copy() for k in keys], _col("__dp_bin"),
+                             exp.alias_(_sum(self._row_weight()), "__dp_w", quoted=True)
+                             ).from_(names["r"]).join(names["u"], using=["__dp_unit"]).group_by(
+            *[k.copy() for k in keys], _col("__dp_bin"))
+        stages: list[tuple[str, exp.Query]] = [(names["r"], rows), (names["u"], per_unit),
+                                               (names["w"], weights)]
 
         def ordered(col: str) -> exp.Expr:
             return exp.ArrayAgg(this=exp.Order(this=_col(col), expressions=[
