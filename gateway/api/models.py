@@ -106,6 +106,9 @@ class AccuracyOut(BaseModel):
     mechanism: str
     noise_scale: float | None = Field(description="scale of the noise added to this column")
     ci95: float | None = Field(description="half-width of a 95% interval around the answer")
+    rank_error95: float | None = Field(
+        default=None, description="DP quantiles only (present only for them): by how many "
+        "values (rows, weighted) the chosen rank may miss, with probability 0.95")
 
 
 class RemainingOut(BaseModel):

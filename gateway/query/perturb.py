@@ -192,7 +192,8 @@ def _quantile(plan: Plan, agg: AggSpec, release: NoisyStats) -> tuple[np.ndarray
     # post-processing, and every sorted list is a possible answer.
     lists = np.empty(n, dtype=object)
     for g in range(n):
-        lists[g] = list(_as_values(q, np.sort(np.asarray([p[g] for p in picks]))))
+        chosen = _as_values(q, np.sort(np.asarray([p[g] for p in picks])))
+        lists[g] = [int(v) for v in chosen] if q.integral and q.kind != "date" else list(chosen)
     return lists, nan
 
 

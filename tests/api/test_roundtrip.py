@@ -183,3 +183,17 @@ def test_models_of_unknown_id_is_404(live: Live) -> None:
     with live.server.client(live.keys["alice"]) as c:
         assert_problem(c.get("/v1/models/nope"), 404, "not_found")
         assert_problem(c.post("/v1/models/nope/predict", json={"rows": []}), 404, "not_found")
+
+
+def test_quantiles_over_http_report_their_rank_error(live: Live) -> None:
+    sql = ("SELECT device, MEDIAN(spend) AS m, MAX(visit_date) AS last, "
+           "APPROX_QUANTILES(age, 2) AS q FROM visits GROUP BY device")
+    with live.server.client(live.keys["bob"]) as c:
+        body = c.post("/v1/query", json={"sql": sql, "epsilon": 0.9}).json()
+    assert [col["type"] for col in body["columns"]] == ["text", "float", "date", "int[]"]
+    for _, m, last, q in body["rows"]:
+        assert 0 <= m <= 500 and last.startswith("2024-") and len(q) == 3 and q == sorted(q)
+    for acc in body["accuracy"]:
+        assert acc["mechanism"] == "exponential" and acc["ci95"] is None
+        assert acc["rank_error95"] > 0
+    assert body["epsilon_spent"] == pytest.approx(0.9)
