@@ -15,12 +15,15 @@ import datetime as dt
 import hashlib
 import math
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from gateway.errors import PolicyError
+
+if TYPE_CHECKING:
+    from gateway.sql.names import TableNames
 
 ColumnType = Literal["int", "float", "text", "bool", "date", "timestamp"]
 Mechanism = Literal["laplace", "gaussian"]
@@ -143,6 +146,8 @@ def _coerce_bound(kind: str, v: Any) -> Any:
 
 
 def _coerce_value(kind: str, v: Any) -> Any:
+    if v is None:  # `null` in public_values: NULL is a group of its own (a public value)
+        return None
     if kind == "text":
         return str(v)
     if kind == "bool":
@@ -152,8 +157,18 @@ def _coerce_value(kind: str, v: Any) -> Any:
     return _coerce_bound(kind, v)
 
 
+# Schemas of the catalog a PostgreSQL client reads (pgwire answers them itself).
+_RESERVED_SCHEMAS = frozenset({"pg_catalog", "information_schema", "pg_toast"})
+
+
 class TableSpec(_Strict):
     source: str
+    # `schema: NAME`: queries may also write NAME.table (public., main. and the dataset
+    # name are accepted for every table; gateway/sql/names.py).  `schema` would shadow
+    # a BaseModel attribute, hence the alias.
+    schema_: str | None = Field(
+        default=None, alias="schema", pattern=r"^[A-Za-z_][A-Za-z0-9_\-]*$",
+        description="a schema queries may qualify the table with (NAME.table)")
     public: bool = False
     privacy_unit: str | None = None
     max_rows_per_unit: int = Field(default=1, ge=1, le=1_000_000)
@@ -162,6 +177,9 @@ class TableSpec(_Strict):
 
     @model_validator(mode="after")
     def _check(self) -> TableSpec:
+        if self.schema_ is not None and self.schema_.lower() in _RESERVED_SCHEMAS:
+            raise ValueError(f"schema {self.schema_!r} is the PostgreSQL catalog's; choose "
+                             "another name (or omit it: public. and main. are accepted anyway)")
         if self.public:
             if self.privacy_unit is not None:
                 raise ValueError("a public table has no privacy_unit; remove one of the two")
@@ -241,6 +259,11 @@ class Limits(_Strict):
     max_groups: int = Field(
         default=100_000, ge=1, description="largest public-key domain enumerated for one query"
     )
+    max_public_groups: int = Field(
+        default=10_000, ge=1, description="most rows the public domains of a query's GROUP BY "
+        "keys may release (their product); beyond it groups are chosen by DP partition "
+        "selection (needs delta > 0)"
+    )
 
 
 class PolicyModel(_Strict):
@@ -305,6 +328,7 @@ class Policy:
         self.path = path
         self.folder = path.parent
         self.version = version
+        self._names: TableNames | None = None
 
     @property
     def dataset(self) -> str:
@@ -324,12 +348,18 @@ class Policy:
                 return spec
         return None
 
-    def canonical_table_name(self, name: str) -> str | None:
-        lowered = name.lower()
-        for key in self.model.tables:
-            if key.lower() == lowered:
-                return key
-        return None
+    @property
+    def names(self) -> TableNames:
+        """How queries may name the tables (gateway/sql/names.py: the one resolver)."""
+        if self._names is None:
+            from gateway.sql.names import TableNames
+
+            self._names = TableNames.from_policy(self)
+        return self._names
+
+    def canonical_table_name(self, name: str, quoted: bool = False) -> str | None:
+        """The declared name of the table ``name`` names (unquoted: ignoring case)."""
+        return self.names.lookup(name, quoted)
 
     def resolve_path(self, source: str) -> Path:
         p = Path(source)

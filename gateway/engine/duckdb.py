@@ -136,7 +136,10 @@ class DuckDBExecutor:
 
     # -- loading ---------------------------------------------------------------
 
-    def _source_relation(self, table: SourceTable, base: Path, attached: bool) -> str:
+    def _source_relation(self, table: SourceTable, base: Path, attached: bool,
+                         csv_types: dict[str, str] | None = None) -> str:
+        """The source as a relation; ``csv_types`` (real column name -> DuckDB type) makes
+        a CSV reader parse those columns as the policy declares them."""
         src = table.source
         lower = src.lower()
         if lower.endswith((".parquet", ".csv", ".tsv", ".json", ".jsonl", ".ndjson")):
@@ -151,7 +154,12 @@ class DuckDBExecutor:
                 return f"read_parquet({_quote_literal(str(path))})"
             if lower.endswith((".json", ".jsonl", ".ndjson")):
                 return f"read_json_auto({_quote_literal(str(path))})"
-            return f"read_csv_auto({_quote_literal(str(path))}, header = true)"
+            types = ""
+            if csv_types:
+                types = ", types = {" + ", ".join(
+                    f"{_quote_literal(c)}: {_quote_literal(t)}" for c, t in csv_types.items()
+                ) + "}"
+            return f"read_csv_auto({_quote_literal(str(path))}, header = true{types})"
         if not attached:
             raise PolicyError(
                 f"{self._policy_path}: tables.{table.name}.source: {src!r} is neither a "
@@ -164,17 +172,30 @@ class DuckDBExecutor:
         relation = self._source_relation(table, base, attached)
         try:
             described = self._con.execute(f"DESCRIBE SELECT * FROM {relation}").fetchall()
+            if table.columns is not None and _is_csv(table.source):
+                # A protected table's columns are typed as the policy declares them, not
+                # as the CSV sniffer guesses (an empty column would be VARCHAR).
+                real = {row[0].lower(): row[0] for row in described}
+                csv_types = {real[n.lower()]: CANONICAL[t] for n, t in table.columns.items()
+                             if n.lower() in real}
+                if csv_types:
+                    relation = self._source_relation(table, base, attached, csv_types)
+                    described = self._con.execute(
+                        f"DESCRIBE SELECT * FROM {relation}").fetchall()
         except duckdb.Error as e:
             raise PolicyError(
                 f"{self._policy_path}: tables.{table.name}.source: cannot read {table.source!r} "
                 f"({type(e).__name__}); check that it exists and is a valid file/table"
             ) from None
-        found = {row[0].lower(): (row[0], policy_type(str(row[1]))) for row in described}
+        # A column of DuckDB's NULL type (all values null in a JSON or Parquet file) is
+        # read as whatever type the policy declares.
+        found = {row[0].lower(): (row[0], "null" if str(row[1]).strip('"').upper() == "NULL"
+                                  else policy_type(str(row[1]))) for row in described}
         select: list[str] = []
         types: dict[str, str] = {}
         if table.columns is None:  # public table: take every column as it is
             for real, ptype in found.values():
-                if ptype == "unknown":
+                if ptype in ("unknown", "null"):
                     continue
                 select.append(f"CAST({_quote_ident(real)} AS {CANONICAL[ptype]}) AS "
                               f"{_quote_ident(real)}")
@@ -189,7 +210,7 @@ class DuckDBExecutor:
                         f" fix the name or remove the column"
                     )
                 real, actual = hit
-                if actual not in _COMPATIBLE[declared]:
+                if actual != "null" and actual not in _COMPATIBLE[declared]:
                     raise PolicyError(
                         f"{self._policy_path}: tables.{table.name}.columns.{name}.type: declared "
                         f"{declared} but the source column is {actual}; declare type: {actual}"
@@ -383,6 +404,10 @@ class DuckDBExecutor:
             self._con.close()
             self._shadow.close()
             self._scratch.close()
+
+
+def _is_csv(source: str) -> bool:
+    return source.lower().endswith((".csv", ".tsv"))
 
 
 def _quote_ident(name: str) -> str:

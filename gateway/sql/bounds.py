@@ -178,6 +178,8 @@ class ValueBuilder:
             num = float(node.this)
             return node.copy(), Interval(num, num, num.is_integer() and "." not in node.this
                                          and "e" not in node.this.lower())
+        if isinstance(node, exp.Pi):  # a constant function (evaluated once by the engine)
+            return node.copy(), Interval(math.pi, math.pi, False)
         if isinstance(node, exp.Boolean):
             bit = 1.0 if node.this else 0.0
             return exp.Literal.number(int(bit)), Interval(bit, bit, True)

@@ -30,6 +30,28 @@ MAX_TREE_DEPTH = 64
 _PY_CLASS = re.compile(r"<class '(?:[\w.]+\.)?(\w+)'>")
 _OPEN = frozenset({TokenType.L_PAREN, TokenType.L_BRACKET, TokenType.L_BRACE, TokenType.CASE})
 _CLOSE = frozenset({TokenType.R_PAREN, TokenType.R_BRACKET, TokenType.R_BRACE, TokenType.END})
+# What may come right before T-SQL's TOP: SELECT, SELECT DISTINCT, SELECT ALL.
+_BEFORE_TOP = frozenset({TokenType.SELECT, TokenType.DISTINCT, TokenType.ALL})
+
+
+def mark_top(tokens: list[Token]) -> int:
+    """T-SQL's ``SELECT TOP n ...`` (also ``TOP (n)``) as ``... LIMIT n``.
+
+    The DuckDB and PostgreSQL tokenizers read TOP as a plain word, so their parsers
+    refuse it; marked as the TOP keyword here, sqlglot's parser reads it as that
+    SELECT's LIMIT (post-processing on the noisy result, like LIMIT).  Only a TOP
+    right after SELECT [DISTINCT | ALL] and followed by a number or a parenthesis is
+    marked, so a column named ``top`` keeps its meaning.  Returns how many were marked.
+    """
+    marked = 0
+    for i in range(1, len(tokens) - 1):
+        tok = tokens[i]
+        if tok.token_type == TokenType.VAR and tok.text.upper() == "TOP" and \
+                tokens[i - 1].token_type in _BEFORE_TOP and \
+                tokens[i + 1].token_type in (TokenType.NUMBER, TokenType.L_PAREN):
+            tok.token_type = TokenType.TOP
+            marked += 1
+    return marked
 
 
 def token_depth(tokens: list[Token]) -> int:
@@ -81,14 +103,22 @@ def parse(sql: str, *, max_length: int = 20_000, dialect: str = "duckdb") -> exp
     except ValueError:
         raise QueryRejected(f"unknown SQL dialect {dialect!r}", hint="use duckdb or postgres",
                             rule="parse") from None
+    tops = 0
     try:
         tokens = parser_dialect.tokenize(sql)
         depth = token_depth(tokens)
         if depth > MAX_NESTING:
             raise _too_deep(depth, "parentheses or CASE expressions", MAX_NESTING)
+        tops = mark_top(tokens)
         statements = parser_dialect.parser().parse(tokens, sql)
     except (ParseError, TokenError) as e:
-        raise _parse_rejection(sql, e) from None
+        rejection = _parse_rejection(sql, e)
+        if tops and rejection.span is not None and \
+                rejection.span.text.upper() in ("LIMIT", "FETCH"):
+            raise QueryRejected("a SELECT has both TOP and LIMIT",
+                                hint="keep one of them: TOP n or LIMIT n", rule="parse",
+                                span=rejection.span) from None
+        raise rejection from None
     except RecursionError:
         raise QueryRejected("the query is nested too deeply to analyse",
                             hint="flatten the expression: fewer nested parentheses, CASE "

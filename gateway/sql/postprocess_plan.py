@@ -113,7 +113,16 @@ def build_post_query(tree: exp.Select, scope: Scope, keys: Sequence[KeySpec],
                 ordered.append(o.copy())
                 continue
             new = o.copy()
-            new.set("this", retarget(target.copy()))
+            try:
+                new.set("this", retarget(target.copy()))
+            except QueryRejected:
+                # An expression over SELECT aliases (ORDER BY n * 2, ORDER BY -n), as
+                # DuckDB allows: the aliases stand for their noisy values.
+                if not any(not c.table and c.name.lower() in aliases
+                           for c in target.find_all(exp.Column)):
+                    raise
+                new.set("this", _resolve_aliases(target.copy(), aliases, retarget, key_canon,
+                                                 canon))
             ordered.append(new)
         post.set("order", exp.Order(expressions=ordered))
     for arg in ("limit", "offset"):

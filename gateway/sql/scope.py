@@ -114,6 +114,7 @@ class Scope:
             info = rel.column(name)
             if info is None:
                 raise _unknown_column(col, sql, rel)
+            _check_quoted(col, info, sql)
             return rel, info
         hits = [(r, r.column(name)) for r in self.relations.values() if r.column(name)]
         if not hits:
@@ -125,7 +126,21 @@ class Scope:
                 span=span_of(col, sql))
         rel, info = hits[0]
         assert info is not None
+        _check_quoted(col, info, sql)
         return rel, info
+
+
+def _check_quoted(col: exp.Column, info: ColInfo, sql: str) -> None:
+    """A quoted column name is exact, as in PostgreSQL: ``"Age"`` names a column the
+    policy (or the source of a public table) spells ``Age``, or one a subquery named
+    ``"Age"``; unquoted names ignore case (gateway/sql/names.py)."""
+    ident = col.this
+    if isinstance(ident, exp.Identifier) and ident.quoted and ident.name != info.name:
+        raise QueryRejected(
+            f'the quoted name "{ident.name}" does not match the column "{info.name}": '
+            "quoted names are compared exactly, as in PostgreSQL",
+            hint=f'write "{info.name}", or {ident.name} without quotes (unquoted names '
+            "ignore case)", rule="column", span=span_of(col, sql))
 
 
 def _unknown_column(col: exp.Column, sql: str, rel: Relation | None,

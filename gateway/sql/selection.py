@@ -24,6 +24,7 @@ engine raise.  Nothing here reads data.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +33,7 @@ from sqlglot import exp
 from gateway.errors import QueryRejected
 from gateway.sql.analyze import check_reserved_names
 from gateway.sql.bounds import ValueBuilder, clamp_time
+from gateway.sql.names import TableNames
 from gateway.sql.parse import parse
 from gateway.sql.relations import Context, FromAnalyzer
 from gateway.sql.scope import ColInfo, Scope
@@ -68,12 +70,13 @@ class Selection:
     tables: frozenset[str]
 
 
-def select_training_rows(sql: str, label: str, ctx: Context, table_names: set[str], *,
+def select_training_rows(sql: str, label: str, ctx: Context,
+                         table_names: TableNames | Iterable[str], *,
                          max_length: int = 20_000, dialect: str = "duckdb") -> Selection:
     """Parse, validate and analyse a training query (touches no data)."""
     tree = parse(sql, max_length=max_length, dialect=dialect)
     _reject_aggregation(tree, sql)
-    tree = validate(tree, sql, table_names)
+    tree = validate(tree, sql, table_names, dialect)
     return _Selector(sql, ctx).run(tree, label)
 
 

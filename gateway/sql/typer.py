@@ -440,6 +440,9 @@ class Typer:
             if node.expression is not None:
                 self._number(node.expression, node, f"an argument of {node.key.upper()}")
             return Typed("double", total=False)
+        if isinstance(node, exp.Pi):
+            # A constant function: type_of evaluates it once, at planning.
+            return Typed("double", total=False)
         if isinstance(node, exp.IsNan | exp.IsInf):
             t = self._number(node.this, node, f"the argument of {node.key.upper()}")
             return Typed("bool", total=t.total and isinstance(node, exp.IsNan))

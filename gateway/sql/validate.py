@@ -14,11 +14,13 @@ attributable to one unit) belong to :mod:`gateway.sql.analyze`.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 
 from sqlglot import exp
 from sqlglot.optimizer.normalize_identifiers import normalize_identifiers
 
 from gateway.errors import QueryRejected, Span
+from gateway.sql.names import TableNames
 
 SUPPORTED_AGGREGATES = (
     "COUNT(*)", "COUNT(expr)", "COUNT(DISTINCT <privacy unit>)", "SUM", "AVG",
@@ -50,7 +52,7 @@ _SCALARS: tuple[type[exp.Expr], ...] = (
     exp.DataTypeParam, exp.Var, exp.Interval, exp.Try,
     # numeric
     exp.Abs, exp.Round, exp.Floor, exp.Ceil, exp.Least, exp.Greatest, exp.Sqrt, exp.Ln,
-    exp.Log, exp.Exp, exp.Pow, exp.Sign, exp.IsNan, exp.IsInf,
+    exp.Log, exp.Exp, exp.Pow, exp.Sign, exp.IsNan, exp.IsInf, exp.Pi,
     # text
     exp.Lower, exp.Upper, exp.Length, exp.Substring, exp.Trim, exp.Concat, exp.DPipe,
     exp.Left, exp.Right, exp.StartsWith, exp.EndsWith, exp.Contains,
@@ -72,7 +74,22 @@ _CAST_TYPES = frozenset({
     exp.DataType.Type.TIMESTAMP, exp.DataType.Type.TIMESTAMPNTZ,
 })
 
-_ALLOWED_SCHEMAS = frozenset({"", "public", "main"})
+# Every engine's spelling of variance and standard deviation that sqlglot leaves as an
+# unknown function, with that engine's meaning: T-SQL's VAR and STDEV are the sample
+# statistics, VARP and STDEVP the population ones; MySQL's STD is the population
+# standard deviation.  (STDEV, STDDEV, VARIANCE, VAR_SAMP, VAR_POP, VARIANCE_SAMP,
+# VARIANCE_POP, STDDEV_SAMP and STDDEV_POP are parsed to these nodes already.)
+SPREAD_FUNCTIONS: dict[str, type[exp.Expr]] = {
+    "var": exp.Variance, "var_samp": exp.Variance, "variance": exp.Variance,
+    "variance_samp": exp.Variance, "var_pop": exp.VariancePop, "variance_pop": exp.VariancePop,
+    "varp": exp.VariancePop, "stdev": exp.StddevSamp, "stddev_samp": exp.StddevSamp,
+    "stdevp": exp.StddevPop, "std": exp.StddevPop, "stddev_pop": exp.StddevPop,
+    "stddev": exp.Stddev,
+}
+
+# The alias a subquery in FROM without one is given (PostgreSQL's word for it); a
+# suffix keeps it apart from every name the query uses.
+UNNAMED_SUBQUERY = "unnamed_subquery"
 
 # Date parts DuckDB accepts in DATE_TRUNC and in EXTRACT / DATE_PART (lower case).
 # A part outside these lists fails when the engine binds the query, i.e. after
@@ -113,23 +130,63 @@ _EXPLAINED: dict[type[exp.Expr], tuple[str, str]] = {
 }
 
 
-def validate(tree: exp.Select, sql: str, table_names: set[str], dialect: str = "duckdb"
-             ) -> exp.Select:
+def validate(tree: exp.Select, sql: str, table_names: TableNames | Iterable[str],
+             dialect: str = "duckdb") -> exp.Select:
     """Return a normalised copy of ``tree`` or raise QueryRejected.
 
-    ``table_names`` are the lower-case names of policy tables; CTE names are
-    added per WITH clause.
+    ``table_names`` resolves the policy's tables as queries may write them
+    (:class:`gateway.sql.names.TableNames`; bare names are accepted too); CTE names
+    are added per WITH clause.  Identifiers are folded as PostgreSQL folds them,
+    whatever ``dialect`` the text was parsed in.
     """
-    tree = _within_group_as_calls(tree.copy())
+    del dialect  # the same folding for every dialect the gateway reads
+    names = TableNames.coerce(table_names)
+    tree = _name_subqueries(_spread_functions(_within_group_as_calls(tree.copy()), sql))
     cte_names = {cte.alias_or_name.lower() for cte in tree.find_all(exp.CTE)}
     for with_ in tree.find_all(exp.With):
         _check_with(with_, sql)
     for node in tree.walk():
-        _check_node(node, sql, table_names, cte_names)
-    # Unquoted identifiers are case-insensitive: one spelling, so equivalent
-    # queries share cached answers and names match the policy.
-    tree = normalize_identifiers(tree, dialect=dialect)
-    return _unqualify(_make_casts_total(_to_char_as_strftime(tree)))
+        _check_node(node, sql, names, cte_names)
+    # Unquoted identifiers fold to lower case (one spelling, so equivalent queries
+    # share cached answers); quoted ones keep theirs, and a quoted name must match
+    # exactly, as in PostgreSQL (gateway/sql/names.py, Scope.resolve).
+    tree = normalize_identifiers(tree, dialect="postgres")
+    return _unqualify(_make_casts_total(_to_char_as_strftime(tree)), names, sql)
+
+
+def _spread_functions(tree: exp.Select, sql: str) -> exp.Select:
+    """VAR(x), STD(x), VARP(x), STDEVP(x), ... become the variance and standard
+    deviation nodes the planner knows (:data:`SPREAD_FUNCTIONS`)."""
+    for node in list(tree.find_all(exp.Anonymous)):
+        kind = SPREAD_FUNCTIONS.get(node.name.lower())
+        if kind is None:
+            continue
+        if len(node.expressions) != 1:
+            raise _reject(node, sql, f"{node.name.upper()} takes one argument",
+                          f"write {node.name.upper()}(expression)", rule="aggregate")
+        new = kind(this=node.expressions[0])
+        new.meta.update(node.meta)
+        node.replace(new)
+    return tree
+
+
+def _name_subqueries(tree: exp.Select) -> exp.Select:
+    """A subquery in FROM or JOIN without an alias (``FROM (SELECT ...)``, which
+    PostgreSQL 16 and DuckDB accept) is given one that no name in the query uses."""
+    unnamed = [s for s in tree.find_all(exp.Subquery)
+               if isinstance(s.parent, exp.From | exp.Join) and not s.alias]
+    if not unnamed:
+        return tree
+    used = {i.name.lower() for i in tree.find_all(exp.Identifier)}
+    n = 1
+    for sub in unnamed:
+        name = UNNAMED_SUBQUERY
+        while name in used:
+            n += 1
+            name = f"{UNNAMED_SUBQUERY}_{n}"
+        used.add(name)
+        sub.set("alias", exp.TableAlias(this=exp.to_identifier(name)))
+    return tree
 
 
 def _within_group_as_calls(tree: exp.Select) -> exp.Select:
@@ -155,7 +212,7 @@ def _within_group_as_calls(tree: exp.Select) -> exp.Select:
     return tree.transform(rewrite)  # type: ignore[return-value]
 
 
-def _check_node(node: exp.Expr, sql: str, tables: set[str], ctes: set[str]) -> None:
+def _check_node(node: exp.Expr, sql: str, tables: TableNames, ctes: set[str]) -> None:
     kind = type(node)
     if isinstance(node, exp.Anonymous):
         name = node.name.lower()
@@ -243,18 +300,23 @@ def _check_node(node: exp.Expr, sql: str, tables: set[str], ctes: set[str]) -> N
                       rule="syntax")
     elif isinstance(node, exp.Limit | exp.Offset):
         _check_row_count(node, sql)
+        options = node.args.get("limit_options")
+        if options is not None and (options.args.get("percent") or
+                                    options.args.get("with_ties")):
+            raise _reject(node, sql, "LIMIT / TOP with PERCENT or WITH TIES is not supported",
+                          "give a number of rows, e.g. LIMIT 10 or TOP 10", rule="syntax")
     elif isinstance(node, exp.Round):
         _check_round_digits(node, sql)
     elif isinstance(node, exp.TimestampTrunc | exp.DateTrunc | exp.Extract):
         _check_date_part(node, sql)
     elif isinstance(node, exp.Star) and isinstance(node.parent, exp.Column):
         return
-    elif isinstance(node, exp.Column) and node.args.get("catalog"):
-        raise _reject(node, sql, "catalog-qualified column names are not supported",
-                      "write table.column", rule="syntax")
+    elif isinstance(node, exp.Column) and (node.args.get("db") is not None or
+                                           node.args.get("catalog") is not None):
+        _check_column_qualifier(node, sql, tables)
 
 
-def _check_table(node: exp.Table, sql: str, tables: set[str], ctes: set[str]) -> None:
+def _check_table(node: exp.Table, sql: str, tables: TableNames, ctes: set[str]) -> None:
     if not isinstance(node.this, exp.Identifier):
         raise _reject(node, sql, "table functions are not allowed",
                       "query the tables the policy declares (see /v1/schema)",
@@ -263,28 +325,48 @@ def _check_table(node: exp.Table, sql: str, tables: set[str], ctes: set[str]) ->
         if node.args.get(key):
             raise _reject(node, sql, f"{key.upper()} on a table is not supported",
                           "remove it", rule="syntax")
-    if node.args.get("catalog"):
-        raise _reject(node, sql, f"catalog-qualified table {node.sql()} is not allowed",
-                      "name the table alone, e.g. FROM visits", rule="table")
-    db = node.args.get("db")
-    schema = db.name.lower() if isinstance(db, exp.Identifier) else ""
-    if schema not in _ALLOWED_SCHEMAS:
-        raise _reject(node, sql, f"table {node.sql()} is not one the policy declares",
-                      "query one of: " + ", ".join(sorted(tables)), rule="table")
+    qualified = node.args.get("db") is not None or node.args.get("catalog") is not None
     name = node.name.lower()
     visible = _visible_ctes(node)
-    if schema == "" and name in visible:
+    if not qualified and name in visible:
         return
     if name in ctes and name not in tables:
         raise _reject(node, sql, f"{node.name!r} is used before the WITH clause defines it",
                       "define each CTE before the CTEs that use it (RECURSIVE is not "
                       "supported)", rule="syntax")
     if name not in tables:
-        raise _reject(node, sql, f"unknown table {node.name!r}",
-                      "query one of: " + ", ".join(sorted(tables)), rule="table")
-    if schema and name in visible:
+        what = node.sql(dialect="postgres") if qualified else repr(node.name)
+        raise _reject(node, sql, f"unknown table {what}",
+                      "query one of: " + ", ".join(sorted(tables.declared.values())),
+                      rule="table")
+    declared = tables.lookup(node.name, bool(node.this.quoted))
+    if declared is None:
+        right = tables.declared[name]
+        raise _reject(node, sql, f'the quoted name "{node.name}" does not match the table '
+                      f'"{right}": quoted names are compared exactly, as in PostgreSQL',
+                      f'write "{right}", or {node.name} without quotes (unquoted names '
+                      "ignore case)", rule="table")
+    if qualified and not tables.qualified_ok(node, declared):
+        raise _reject(node, sql, f"table {node.sql(dialect='postgres')} names a schema or "
+                      "catalog the gateway does not know",
+                      f"write it as one of: {tables.accepted(declared)} (accepted "
+                      f"qualifiers: {tables.qualifier_words()})", rule="table")
+    if qualified and name in visible:
         raise _reject(node, sql, f"the CTE {node.name!r} hides the table {node.sql()}",
                       "give the CTE another name", rule="table")
+
+
+def _check_column_qualifier(node: exp.Column, sql: str, tables: TableNames) -> None:
+    """``schema.table.column`` (and ``catalog.schema.table.column``): the table part
+    must name a policy table and the qualifiers must be accepted for it."""
+    table = node.args.get("table")
+    declared = tables.lookup(table.name, bool(table.quoted)) \
+        if isinstance(table, exp.Identifier) else None
+    if declared is None or not tables.qualified_ok(node, declared):
+        raise _reject(node, sql, f"column {node.sql(dialect='postgres')} names a schema or "
+                      "table the gateway does not know",
+                      "write table.column or alias.column (accepted schema qualifiers: "
+                      f"{tables.qualifier_words()})", rule="column")
 
 
 def _check_with(with_: exp.With, sql: str) -> None:
@@ -340,7 +422,8 @@ def _check_row_count(node: exp.Expr, sql: str) -> None:
     if not (isinstance(value, exp.Literal) and not value.is_string and value.is_int
             and 0 <= int(value.this) <= _INT64_MAX):
         word = "LIMIT" if isinstance(node, exp.Limit) else "OFFSET"
-        raise _reject(node, sql, f"{word} must be a non-negative whole number",
+        what = "LIMIT (or TOP)" if word == "LIMIT" else word
+        raise _reject(node, sql, f"{what} must be a non-negative whole number",
                       f"write e.g. {word} 10", rule="syntax")
 
 
@@ -381,16 +464,18 @@ def _check_date_part(node: exp.Expr, sql: str) -> None:
                       "'day' or 'hour'", rule="function")
 
 
-def _unqualify(tree: exp.Select) -> exp.Select:
-    """Drop the (allowed) schema of tables and columns: ``public.visits`` is the policy
-    table ``visits`` whatever schema the engine keeps it in.  Tables the same name as a
-    visible CTE were refused by :func:`_check_table`, so nothing changes meaning."""
+def _unqualify(tree: exp.Select, tables: TableNames, sql: str) -> exp.Select:
+    """Drop the (accepted) schema and catalog of tables and columns: ``public.visits``
+    is the policy table ``visits`` whatever schema the engine keeps it in.  Every
+    qualifier was checked by :func:`_check_table` and :func:`_check_column_qualifier`
+    (tables the same name as a visible CTE were refused), so nothing changes meaning."""
     for node in list(tree.find_all(exp.Table, exp.Column)):
-        if node.args.get("db") is not None:
-            if isinstance(node, exp.Column) and node.text("db").lower() not in _ALLOWED_SCHEMAS:
-                raise QueryRejected(f"column {node.sql()} names an unknown schema",
-                                    hint="write table.column", rule="syntax")
-            node.set("db", None)
+        if node.args.get("db") is None and node.args.get("catalog") is None:
+            continue
+        if isinstance(node, exp.Column):
+            _check_column_qualifier(node, sql, tables)
+        node.set("db", None)
+        node.set("catalog", None)
     return tree
 
 

@@ -38,6 +38,7 @@ from gateway.privacy.events import ApproxDpEvent
 from gateway.privacy.random import RandomSource
 from gateway.privacy.samplers import bernoulli, discrete_laplace
 from gateway.query.noise import check_budget_request
+from gateway.sql.names import TableNames
 from gateway.sql.relations import SALT, Context
 from gateway.sql.selection import Selection, select_training_rows
 from gateway.state.ledger import Analyst, Cost, Ledger, Reservation
@@ -88,7 +89,7 @@ class TrainingPort:
     ledger: Ledger
     executor: Executor
     context: Context
-    tables: set[str]
+    tables: TableNames
     rng: RandomSource
 
 

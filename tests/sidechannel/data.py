@@ -24,6 +24,8 @@ import yaml
 VICTIM = 999
 M = 5  # max_rows_per_unit
 L0 = 3  # max_groups_per_unit
+DATASET = "sidechannel"
+T2_SCHEMA = "lake"  # t2's own schema (`schema:` in the policy)
 USERS = 150
 VICTIM_ROWS = 3000  # rows of the victim in t
 VICTIM_ROWS_T2 = 600  # rows of the victim in t2 (joined with t on the unit)
@@ -208,8 +210,9 @@ def policy_dict(paths: dict[str, Path]) -> dict[str, Any]:
     protected = {name: {"source": str(paths[name]), "privacy_unit": "uid",
                         "max_rows_per_unit": M, "max_groups_per_unit": L0, "columns": cols}
                  for name, cols in COLUMNS.items()}
+    protected["t2"]["schema"] = T2_SCHEMA  # queries may write lake.t2
     return {
-        "dataset": "sidechannel",
+        "dataset": DATASET,
         "tables": {**protected, "pub": {"source": str(paths["pub"]), "public": True}},
         "budget": {"dataset": {"epsilon": 1e15, "delta": 0.5},
                    "per_analyst": {"epsilon": 1e15, "delta": 0.5}},

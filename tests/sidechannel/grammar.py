@@ -78,7 +78,7 @@ def table_cols(table: str, alias: str | None = None) -> list[Col]:
 
 INT_LITS = ["0", "1", "-1", "3", "7", "42", "1000", "2147483647", "9223372036854775807",
             "-9223372036854775807", "123456789012345"]
-FLOAT_LITS = ["0.5", "2.5", "-1.5", "1e308", "-1e308", "1e-300", "1e18", "3.14159"]
+FLOAT_LITS = ["0.5", "2.5", "-1.5", "1e308", "-1e308", "1e-300", "1e18", "3.14159", "PI()"]
 TEXT_LITS = ["'a'", "'abc'", "''", "'NaN'", "'2024-01-01'", "'12'", "'c01'", "'north'",
              "'true'", "'x%'"]
 DATE_LITS = ["DATE '2024-01-01'", "DATE '2023-06-15'", "DATE '0001-01-01'",
@@ -94,7 +94,9 @@ PARTS = ["year", "quarter", "month", "week", "day", "dayofweek", "dayofyear", "h
          "isodow", "epoch"]
 TRUNC_PARTS = ["year", "quarter", "month", "week", "day", "hour"]
 AGGS = ["SUM", "AVG", "VAR_POP", "VAR_SAMP", "VARIANCE", "STDDEV", "STDDEV_POP",
-        "STDDEV_SAMP"]
+        "STDDEV_SAMP",
+        # every engine's spelling (T-SQL, MySQL, Oracle, ...), mapped by validation
+        "VAR", "VARP", "STD", "STDEV", "STDEVP", "VARIANCE_SAMP", "VARIANCE_POP"]
 
 
 class Gen:
@@ -289,6 +291,7 @@ class Gen:
             lambda: f"COALESCE({self.num(d)}, {self.pick(['0', '1'])})",
             lambda: f"LEAST(GREATEST({self.num(d)}, -5), 5)",
             lambda: f"({self.num(d)} {self.pick(['+', '-', '*'])} {self.num(d)})",
+            lambda: f"({self.num(d)} * PI())",  # a constant function, evaluated at planning
             lambda: f"({self.num(d)} / {self.divisor()})",
             lambda: f"{self.pick(['ABS', 'ROUND', 'FLOOR'])}({self.num(d)})",
             lambda: f"CAST({self.num(d)} AS {self.pick(['INT', 'DOUBLE', 'BIGINT'])})",

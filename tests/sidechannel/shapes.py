@@ -20,7 +20,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, replace
 
-from tests.sidechannel.data import VICTIM
+from tests.sidechannel.data import DATASET, T2_SCHEMA, VICTIM
 from tests.sidechannel.grammar import FLOAT, INT, TEXT, Col, Gen, table_cols
 
 
@@ -44,6 +44,19 @@ class Source:
     cols: list[Col]
     gate: str | None  # the condition WHERE must add; None: gated inside already
     label: str
+
+
+def _name(rng: random.Random, table: str) -> str:
+    """A policy table as users write it: bare (mostly), quoted, upper case, or qualified
+    by a schema the gateway accepts (public., main., the dataset, t2's own ``lake.``).
+    Unaliased, it is still referred to as ``table.col``."""
+    if rng.random() < 0.6:
+        return table
+    forms = [f'"{table}"', table.upper(), f"public.{table}", f"main.{table}",
+             f"{DATASET}.{table}", f"{DATASET}.public.{table}", f'"public"."{table}"']
+    if table == "t2":
+        forms += [f"{T2_SCHEMA}.t2", f"{T2_SCHEMA.upper()}.T2"]
+    return rng.choice(forms)
 
 
 def _gate(ref: str, rng: random.Random) -> str:
@@ -87,7 +100,7 @@ def _derived(rng: random.Random, table: str, alias: str, *, keep_unit: bool, gat
         where = f" WHERE {_gate('uid', rng)}"
         if rng.random() < 0.5:
             where += f" AND {g.pred(2)}"
-    return f"SELECT {', '.join(items)} FROM {table}{where}", cols
+    return f"SELECT {', '.join(items)} FROM {_name(rng, table)}{where}", cols
 
 
 def source(rng: random.Random) -> Source:
@@ -99,14 +112,14 @@ def source(rng: random.Random) -> Source:
     g = Gen(rng, t + t2)
     if kind in ("t", "t2"):
         cols = t if kind == "t" else t2
-        return Source("", kind, cols, _gate(f"{kind}.uid", rng), kind)
+        return Source("", _name(rng, kind), cols, _gate(f"{kind}.uid", rng), kind)
     if kind == "pub":
         on = rng.choice(["t.code = p.code", "t.code = p.code", "t.cat = p.region",
                          "t.f > p.weight", "t.k = p.rank", "LOWER(t.code) = p.code",
                          f"t.code = p.code AND {Gen(rng, t + pub).pred(1)}"])
         side = rng.choice(["JOIN", "JOIN", "LEFT JOIN"])
         label = "pub:" + ("unique" if on.startswith("t.code = p.code") else "other")
-        from_ = f"t {side} pub p ON {on}"
+        from_ = f"{_name(rng, 't')} {side} {_name(rng, 'pub')} p ON {on}"
         if rng.random() < 0.25:  # a second public join: fan-out multiplies
             from_ += " JOIN pub p2 ON " + rng.choice(
                 ["p.code = p2.code", "p.region = p2.region", "t.cat = p2.region",
@@ -115,17 +128,19 @@ def source(rng: random.Random) -> Source:
         return Source("", from_, t + pub, _gate("t.uid", rng), label)
     if kind == "unit_join":
         form = rng.randrange(4)
+        tt, tt2 = _name(rng, "t"), _name(rng, "t2")
         if form == 0:
-            return Source("", "t JOIN t2 USING (uid)", t + t2[1:], _gate("t.uid", rng),
+            return Source("", f"{tt} JOIN {tt2} USING (uid)", t + t2[1:], _gate("t.uid", rng),
                           "t*t2:using")
         on = "t.uid = t2.uid"
         if form == 1:
             on += f" AND {g.pred(1)}"
         if form == 2:  # the gate in an inner join's ON filters both sides
-            return Source("", f"t JOIN t2 ON {on} AND {_gate('t2.uid', rng)}", t + t2, None,
-                          "t*t2:on-gate")
+            return Source("", f"{tt} JOIN {tt2} ON {on} AND {_gate('t2.uid', rng)}", t + t2,
+                          None, "t*t2:on-gate")
         side = "LEFT JOIN" if form == 3 else "JOIN"
-        return Source("", f"t {side} t2 ON {on}", t + t2, _gate("t.uid", rng), "t*t2:on")
+        return Source("", f"{tt} {side} {tt2} ON {on}", t + t2, _gate("t.uid", rng),
+                      "t*t2:on")
     if kind in ("derived", "cte", "cte_pub"):
         table = "t" if rng.random() < 0.75 or kind == "cte_pub" else "t2"
         gated = rng.random() < 0.7
@@ -133,6 +148,10 @@ def source(rng: random.Random) -> Source:
                               gated=gated, keep=["code"] if kind == "cte_pub" else [])
         gate = None if gated else _gate("v.uid", rng)
         if kind == "derived":
+            if rng.random() < 0.3:  # no alias: the gateway names it; columns unqualified
+                bare = [replace(c, ref=c.ref.split(".", 1)[1]) for c in cols]
+                return Source("", f"({body})", bare, None if gated else _gate("uid", rng),
+                              f"unaliased-subquery({table})")
             return Source("", f"({body}) v", cols, gate, f"subquery({table})")
         if kind == "cte":
             return Source(f"WITH v AS ({body}) ", "v", cols, gate, f"cte({table})")
@@ -204,18 +223,24 @@ def query(rng: random.Random) -> Query:
     if kind == "group" and rng.random() < 0.3:
         tail += f" HAVING {g.aggregate()} {rng.choice(['>', '<'])} 1"
     if kind == "group" and rng.random() < 0.4:
-        tail += f" ORDER BY {rng.choice(['a0', g.aggregate()])} DESC"
+        tail += f" ORDER BY {rng.choice(['a0', 'a0 * 2', '-a0', g.aggregate()])} DESC"
     limited = kind == "group" and rng.random() < 0.15
     if limited:
-        tail += " LIMIT 3"
+        if rng.random() < 0.5:
+            tail += " LIMIT 3"
+        else:  # T-SQL
+            head += "TOP 3 "
     sql = f"{head}{items} FROM {src.from_}{where}{group}{tail}"
     comparable = public and "HAVING" not in tail and not limited
     if kind == "wrapped":
-        outer = rng.choice(["", " WHERE w.a0 > 0", " ORDER BY w.a0 DESC LIMIT 5"])
+        outer = rng.choice(["", " WHERE w.a0 > 0", " ORDER BY w.a0 DESC LIMIT 5",
+                            " ORDER BY w.a0 DESC"])
+        alias = " w" if outer or rng.random() < 0.7 else ""  # unaliased wrappers too
+        top = "TOP 5 " if outer == " ORDER BY w.a0 DESC" else ""  # T-SQL's LIMIT
         if src.with_:  # the WITH clause must lead the whole statement
-            sql = f"{src.with_}SELECT * FROM ({sql[len(src.with_):]}) w{outer}"
+            sql = f"{src.with_}SELECT {top}* FROM ({sql[len(src.with_):]}){alias}{outer}"
         else:
-            sql = f"SELECT * FROM ({sql}) w{outer}"
+            sql = f"SELECT {top}* FROM ({sql}){alias}{outer}"
         comparable = comparable and not outer
     return Query(sql, label, n_keys, comparable, mechanism)
 

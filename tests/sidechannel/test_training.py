@@ -32,3 +32,16 @@ def _outcome(gw: object, sql: str) -> tuple[str, float]:
 def test_training_outcome_does_not_depend_on_the_victim(pair: Pair, features: str) -> None:
     sql = f"SELECT {features} FROM t WHERE uid = {VICTIM} OR uid < 40"
     assert _outcome(pair.d, sql) == _outcome(pair.d_prime, sql)
+
+
+# Names as users write them (qualified, quoted, an unaliased subquery) and a constant
+# function in a feature: still one outcome whatever the victim holds.
+SOURCES = ["public.t", "sidechannel.public.t", '"t"', "(SELECT * FROM main.t)"]
+
+
+@pytest.mark.parametrize("source", SOURCES)
+def test_training_names_do_not_depend_on_the_victim(pair: Pair, source: str) -> None:
+    sql = f"SELECT i, f * PI() AS fp, d, b FROM {source} WHERE uid = {VICTIM} OR uid < 40"
+    outcome = _outcome(pair.d, sql)
+    assert outcome == _outcome(pair.d_prime, sql)
+    assert outcome[0] == "done", outcome

@@ -286,6 +286,19 @@ ACCEPTED: list[tuple[str, float, int | None, str]] = [
      "quoted identifiers"),
     ("SELECT COUNT(*) AS n FROM public.visits", 0.0, 1, "public schema"),
     ("SELECT COUNT(*) AS n FROM main.visits", 0.0, 1, "main schema"),
+    ("SELECT COUNT(*) AS n FROM web.visits", 0.0, 1, "dataset as schema"),
+    ('SELECT COUNT(*) AS n FROM "web"."public"."visits"', 0.0, 1, "dataset.schema.table"),
+    ("SELECT public.visits.device, COUNT(*) AS n FROM public.visits "
+     "GROUP BY public.visits.device", 0.0, 4, "schema-qualified columns"),
+    ("SELECT TOP 2 device, COUNT(*) AS n FROM visits GROUP BY device ORDER BY n DESC", 0.0, 2,
+     "T-SQL TOP"),
+    ("SELECT VAR(spend) AS v, STD(spend) AS s, STDEV(age) AS t, VARP(age) AS p, "
+     "STDEVP(age) AS q FROM visits", 0.0, 1, "VAR, STD, STDEV, VARP, STDEVP"),
+    ("SELECT device, COUNT(*) AS n FROM visits GROUP BY device ORDER BY n * 2 DESC", 0.0, 4,
+     "ORDER BY an expression over an alias"),
+    ("SELECT AVG(spend) * PI() AS a FROM visits WHERE duration_s > PI()", 0.0, 1, "PI()"),
+    ("SELECT COUNT(*) AS n FROM (SELECT * FROM visits WHERE age > 30)", 0.0, 1,
+     "subquery without an alias"),
     ("SELECT device, AVG(spend) AS a FROM (SELECT * FROM visits WHERE age > 30) t "
      "GROUP BY device", 0.0, 4, "row-wise subquery"),
     ("WITH adults AS (SELECT device, spend FROM visits WHERE age >= 21) "

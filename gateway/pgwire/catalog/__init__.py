@@ -26,6 +26,7 @@ from gateway.pgwire.catalog.rewrite import Rewriter, SessionInfo
 from gateway.pgwire.catalog.tables import VIEWS
 from gateway.pgwire.errors import PgError, from_duckdb
 from gateway.pgwire.types import Field, duck_oid
+from gateway.sql.names import TableNames
 
 __all__ = ["Catalog", "CatalogResult", "SessionInfo"]
 
@@ -55,7 +56,8 @@ class Catalog:
         tables = schema.get("tables", {})
         self.policy_tables = {name.lower(): name for name in tables}
         self.rewriter = Rewriter(self.lookups, self.policy_tables, set(VIEWS),
-                                 set(infoschema.views(database)))
+                                 set(infoschema.views(database)),
+                                 TableNames.from_schema(schema))
 
     def cursor(self) -> duckdb.DuckDBPyConnection:
         """A connection of its own for one session (DuckDB cursors are not shared)."""

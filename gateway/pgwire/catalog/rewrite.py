@@ -28,6 +28,7 @@ from gateway.pgwire.catalog.functions import CAST_TYPES, FUNCTIONS, Lookups
 from gateway.pgwire.catalog.tables import ALIASES, SESSION_TABLES, TABLES
 from gateway.pgwire.errors import UNDEFINED_FUNCTION, UNDEFINED_TABLE, PgError
 from gateway.pgwire.types import parse_array_text
+from gateway.sql.names import TableNames
 
 REG_TYPES = frozenset({"regclass", "regtype", "regproc", "regprocedure", "regnamespace",
                        "regrole", "regoper", "regoperator", "regconfig", "regdictionary",
@@ -182,9 +183,11 @@ class Rewriter:
     """Turns one parsed catalog query into DuckDB SQL for the metadata database."""
 
     def __init__(self, lookups: Lookups, policy_tables: dict[str, str], views: set[str],
-                 info_views: set[str]) -> None:
+                 info_views: set[str], names: TableNames | None = None) -> None:
         self.lk = lookups
         self.policy_tables = policy_tables  # lower-case name -> declared name
+        # The core's resolver: which schema/catalog qualifiers name a policy table.
+        self.names = names
         self.pg_relations = set(TABLES) | views
         self.info_views = info_views
 
@@ -246,7 +249,8 @@ class Rewriter:
         name = node.name
         key = name if node.this.quoted else name.lower()
         schema = node.db.lower() if node.db else ""
-        if node.catalog:
+        policy_table = self._policy_table(node, key)
+        if node.catalog and policy_table is None:
             raise PgError("0A000", "cross-database references are not implemented: "
                           f"{node.sql(dialect='postgres')}")
         if not schema and key.lower() in ctes:
@@ -262,12 +266,23 @@ class Rewriter:
         if schema == "information_schema" and key in self.info_views:
             return exp.Table(this=exp.to_identifier(key), db=exp.to_identifier("pgi"),
                              alias=alias)
-        if schema in ("", "public") and key.lower() in self.policy_tables:
-            return exp.Table(this=exp.to_identifier(self.policy_tables[key.lower()],
-                                                    quoted=True),
+        if policy_table is not None:
+            return exp.Table(this=exp.to_identifier(policy_table, quoted=True),
                              db=exp.to_identifier("main"), alias=alias)
         shown = f"{schema}.{name}" if schema else name
         raise PgError(UNDEFINED_TABLE, f'relation "{shown}" does not exist')
+
+    def _policy_table(self, node: exp.Table, key: str) -> str | None:
+        """The declared name of the policy table ``node`` names with an accepted
+        qualifier (public., main., the dataset, the table's own schema), or None."""
+        declared = self.policy_tables.get(key.lower())
+        if declared is None:
+            return None
+        if not node.db and not node.catalog:
+            return declared
+        if self.names is not None:
+            return declared if self.names.qualified_ok(node, declared) else None
+        return declared if node.db.lower() == "public" and not node.catalog else None
 
     def _table_function(self, node: exp.Table) -> exp.Expr:
         """``FROM f(...) AS a``: PostgreSQL names the single output column ``a`` and
