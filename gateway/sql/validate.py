@@ -128,6 +128,17 @@ _EXPLAINED: dict[type[exp.Expr], tuple[str, str]] = {
     exp.Parameter: ("query parameters must be bound before planning",
                     "bind the parameter values (the client library does this)"),
 }
+# Inside a FROM, a CTE or a subquery, a set operation combines raw rows before they are
+# aggregated: one unit's rows could count in several branches, beyond its bound.  At
+# the top of a statement it combines released results (gateway/query/compound.py).
+_SET_OPERATION = (
+    "UNION, INTERSECT and EXCEPT are supported only at the top of a statement, between "
+    "aggregate SELECTs (inside a FROM, CTE or subquery they would combine raw rows, and "
+    "one user's rows could count in several branches)",
+    "aggregate each part on its own and combine the results: SELECT ... UNION ALL "
+    "SELECT ... [ORDER BY ... LIMIT ...]")
+_EXPLAINED.update({exp.Union: _SET_OPERATION, exp.Intersect: _SET_OPERATION,
+                   exp.Except: _SET_OPERATION})
 
 
 def validate(tree: exp.Select, sql: str, table_names: TableNames | Iterable[str],
@@ -189,6 +200,9 @@ def _name_subqueries(tree: exp.Select) -> exp.Select:
     return tree
 
 
+_QUANTILE_LISTS = (exp.PercentileCont, exp.PercentileDisc, exp.Quantile, exp.ApproxQuantile)
+
+
 def _within_group_as_calls(tree: exp.Select) -> exp.Select:
     """PERCENTILE_CONT(p) WITHIN GROUP (ORDER BY x [DESC]) -> PERCENTILE_CONT(x, p'),
     the form the planner reads (p' = 1 - p for DESC).  Other WITHIN GROUP forms stay,
@@ -214,6 +228,9 @@ def _within_group_as_calls(tree: exp.Select) -> exp.Select:
 
 def _check_node(node: exp.Expr, sql: str, tables: TableNames, ctes: set[str]) -> None:
     kind = type(node)
+    if isinstance(node, exp.Array) and isinstance(node.parent, _QUANTILE_LISTS) and \
+            node.arg_key in ("expression", "quantile"):
+        return  # QUANTILE_CONT(x, [0.25, 0.5]): ranks, checked to be literals by the planner
     if isinstance(node, exp.Anonymous):
         name = node.name.lower()
         if name in ALLOWED_ANONYMOUS:
@@ -232,7 +249,8 @@ def _check_node(node: exp.Expr, sql: str, tables: TableNames, ctes: set[str]) ->
         _check_not_nested(node, sql)
     if kind in _EXPLAINED:
         msg, hint = _EXPLAINED[kind]
-        rule = "aggregate" if kind is exp.WithinGroup else kind.__name__.lower()
+        rule = "aggregate" if kind is exp.WithinGroup else \
+            "set_operation" if issubclass(kind, exp.SetOperation) else kind.__name__.lower()
         raise _reject(node, sql, msg, hint, rule=rule)
     if kind not in ALLOWED_NODES:
         if isinstance(node, exp.Func):
