@@ -15,10 +15,12 @@ statistic costs nothing and is answered from public domains, without the engine.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import secrets
 import threading
 import uuid
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,13 +29,15 @@ import numpy as np
 from sqlglot import exp
 
 from gateway.engine import SourceTable, open_executor
-from gateway.errors import AuthError, GatewayError, InternalError, InvalidRequest
+from gateway.errors import AuthError, GatewayError, InternalError, InvalidRequest, QueryRejected
 from gateway.policy import Policy, load_policy
 from gateway.privacy.partition_selection import threshold_summary
 from gateway.privacy.random import RandomSource, SecureRandom
+from gateway.query.cells import noisy_columns, output_cells
+from gateway.query.compound import Compounds
 from gateway.query.noise import Calibration, calibrate, check_budget_request
 from gateway.query.perturb import finish, from_domains, perturb
-from gateway.query.postprocess import PostProcessor, select_targets
+from gateway.query.postprocess import PostProcessor, Released, select_targets
 from gateway.query.prepared import LRU, Prepared, answer_key
 from gateway.query.results import (
     Accuracy,
@@ -44,13 +48,13 @@ from gateway.query.results import (
 )
 from gateway.sql.analyze import ROW_ID, Context, analyze
 from gateway.sql.domains import DomainFinder
-from gateway.sql.parse import parse
+from gateway.sql.parse import parse_statement
 from gateway.sql.plan import AggSpec, Plan
 from gateway.sql.relations import SALT
 from gateway.sql.rewrite import rewrite
 from gateway.sql.validate import validate
 from gateway.state import keys
-from gateway.state.ledger import Analyst, AuditLine, Cost, Ledger
+from gateway.state.ledger import Analyst, AuditLine, Cost, Ledger, Reservation
 
 if TYPE_CHECKING:
     from gateway.training.model import TrainedModel
@@ -88,13 +92,15 @@ class Gateway:
         self._context = Context(policy, self.executor.table_columns,
                                 self.executor.unique_columns, self.domains,
                                 self.executor.is_nan, self.executor.guard)
-        self._tables = {name.lower() for name in model.tables}
+        self._tables = policy.names  # how queries may name the tables
         self._plans: LRU[tuple[str, str], Plan] = LRU(1024)
         self._prepared: LRU[tuple[str, str, float, float, str], Prepared] = LRU(1024)
         self._rewrites: LRU[tuple[str, str, tuple[Any, ...]], tuple[exp.Expr, str, bool]] = \
             LRU(1024)
         self._answers: LRU[str, str] = LRU(256)
-        self._released: LRU[tuple[str, str, float, float, str], tuple[Any, Any, Any]] = LRU(256)
+        self._released: LRU[tuple[str, str, float, float, str], tuple[Released, Any]] = \
+            LRU(256)
+        self.compounds = Compounds(self)  # UNION ALL & co: several DP results, one charge
         self._closed = threading.Event()
         self._training_service: TrainingService | None = None
         self._training_lock = threading.Lock()
@@ -153,7 +159,14 @@ class Gateway:
         """Parse, validate and analyze: a Plan or a QueryRejected, touching no data."""
         limits = self.policy.model.limits
         try:
-            tree = parse(sql, max_length=limits.max_sql_length, dialect=dialect)
+            tree = parse_statement(sql, max_length=limits.max_sql_length, dialect=dialect)
+            if isinstance(tree, exp.SetOperation):
+                # Planned branch by branch (a refusal of any branch is raised here).
+                self.compounds.plan(sql, dialect)
+                raise QueryRejected(
+                    "a statement of several SELECTs has no single plan",
+                    hint="answer it with query or explain, which plan each SELECT",
+                    rule="statement_kind")
             tree = validate(tree, sql, self._tables, dialect)
             return analyze(tree, sql, self._context)
         except GatewayError:
@@ -191,11 +204,11 @@ class Gateway:
         query_id = uuid.uuid4().hex
         try:
             eps, dlt, mech = self._request(epsilon, delta, mechanism)
-            prep = self.prepare(sql, eps, dlt, mech, dialect=dialect)
-            if prep.cal is None:
-                result = self._public(prep, query_id, who)
+            compound = self.compounds.plan(sql, dialect)
+            if compound is not None:
+                result = self.compounds.query(compound, who, query_id, eps, dlt, mech)
             else:
-                result = self._release(prep, who, query_id)
+                result = self._answer(sql, who, query_id, eps, dlt, mech, dialect)
         except GatewayError as e:
             self.ledger.audit(who.name, "query", sql, 0.0, 0.0, e.code, e.message, query_id)
             raise
@@ -203,6 +216,24 @@ class Gateway:
             self.ledger.audit(who.name, "query", sql, 0.0, 0.0,
                               "cached" if result.cached else "ok", None, query_id)
         return result
+
+    def output_columns(self, sql: str, *, dialect: str = "duckdb"
+                       ) -> tuple[list[str], list[bool]]:
+        """The result's column names and, per column, whether it is computed from noisy
+        aggregates ([] for public queries), from planning alone (pgwire's Describe)."""
+        compound = self.compounds.plan(sql, dialect)
+        if compound is not None:
+            return self.compounds.output(compound)
+        plan = self.plan(sql, dialect=dialect)
+        return [e.alias_or_name for e in plan.post.expressions], noisy_columns(plan)
+
+    def _answer(self, sql: str, who: Analyst, query_id: str, eps: float, dlt: float,
+                mech: str, dialect: str) -> QueryResult:
+        """One SELECT: over public tables only (free), or a DP release."""
+        prep = self.prepare(sql, eps, dlt, mech, dialect=dialect)
+        if prep.cal is None:
+            return self._public(prep, query_id, who)
+        return self._release(prep, who, query_id)
 
     def prepare(self, sql: str, epsilon: float, delta: float, mechanism: str, *,
                 dialect: str = "duckdb") -> Prepared:
@@ -239,7 +270,8 @@ class Gateway:
                                     sql=prep.sql)
         columns, rows = self.post.run_public(res.rows(), list(res.names), list(res.types))
         return QueryResult(query_id, columns, rows, 0.0, 0.0, [], False,
-                           self._remaining(who))
+                           self._remaining(who), [tuple(None for _ in columns)] * len(rows),
+                           tuple(False for _ in columns))
 
     def _release(self, prep: Prepared, who: Analyst, query_id: str) -> QueryResult:
         plan, cal = prep.plan, prep.cal
@@ -251,43 +283,58 @@ class Gateway:
         if released is None:
             release = from_domains(plan) if stored is None else decode_release(stored)
             table = finish(plan, cal, release)
-            columns, rows = self.post.run(plan, table)
-            accuracy = self._accuracy(plan, cal, table, [c.name for c in columns])
-            released = self._released.put(prep.key, (columns, rows, accuracy))
-        columns, rows, accuracy = released
+            out = self.post.run(plan, table)
+            accuracy = self._accuracy(plan, cal, table, [c.name for c in out.columns])
+            released = self._released.put(prep.key, (out, accuracy))
+        out, accuracy = released
         spent = (cal.epsilon, cal.delta) if charged else (0.0, 0.0)
-        return QueryResult(query_id, columns, list(rows), spent[0], spent[1], list(accuracy),
-                           not charged and not prep.from_domains, self._remaining(who))
+        return QueryResult(query_id, out.columns, list(out.rows), spent[0], spent[1],
+                           list(accuracy), not charged and not prep.from_domains,
+                           self._remaining(who), list(out.ci95), out.noisy,
+                           [*plan.notes, *_cell_notes(plan, out)])
 
     def _stored_release(self, prep: Prepared, who: Analyst, query_id: str
                         ) -> tuple[str, bool]:
         """The stored release (noisy statistics) of ``prep``, and whether this request paid
         for it: an answer already paid for is read without the ledger's write lock."""
         cal, key = prep.cal, prep.answer_key
-        assert cal is not None and key is not None and prep.tree is not None
+        assert cal is not None and key is not None
+        return self._paid_release(key, Cost(cal.epsilon, cal.delta, cal.events), who,
+                                  query_id, prep.plan.sql,
+                                  lambda permit: self._compute_release(prep, permit))
+
+    def _paid_release(self, key: str, cost: Cost, who: Analyst, query_id: str, sql: str,
+                      compute: Callable[[Reservation], str]) -> tuple[str, bool]:
+        """The release stored under ``key``, or ``compute(permit)`` under one committed
+        charge of ``cost`` (the permit is what the executor needs to read protected
+        rows); and whether this request paid.  A failure after the charge keeps it."""
         stored = self._answers.get(key) or self.ledger.cached(key)
         if stored is not None:
             return stored, False
-        cost = Cost(cal.epsilon, cal.delta, cal.events)
-        reservation = self.ledger.reserve(who, query_id, "query", prep.plan.sql, cost, key)
+        reservation = self.ledger.reserve(who, query_id, "query", sql, cost, key)
         if not reservation.charged:
             assert reservation.cached_result is not None
             return self._answers.put(key, reservation.cached_result), False
         try:
-            # A fresh secret salt per execution for the keyed hashes that pick each
-            # unit's groups and, before joins of protected tables, rows.
-            params = {SALT: secrets.randbits(62)} if prep.salted else None
-            result = self.executor.execute(
-                prep.tree, permit=reservation, params=params,
-                timeout_s=self.policy.model.limits.query_timeout_s, sql=prep.sql)
-            stored = encode_release(perturb(prep.plan, cal, result, self._rng))
+            stored = compute(reservation)
             self.ledger.complete(key, stored, AuditLine(
-                who.name, "query", prep.plan.sql, cal.epsilon, cal.delta, "ok", None,
-                query_id))
+                who.name, "query", sql, cost.epsilon, cost.delta, "ok", None, query_id))
         except BaseException:
             self.ledger.abandon(key)
             raise
         return self._answers.put(key, stored), True
+
+    def _compute_release(self, prep: Prepared, permit: Reservation) -> str:
+        """Run ``prep``'s bounded query under ``permit`` and add its noise: the release."""
+        cal = prep.cal
+        assert cal is not None and prep.tree is not None
+        # A fresh secret salt per execution for the keyed hashes that pick each
+        # unit's groups and, before joins of protected tables, rows.
+        params = {SALT: secrets.randbits(62)} if prep.salted else None
+        result = self.executor.execute(
+            prep.tree, permit=permit, params=params,
+            timeout_s=self.policy.model.limits.query_timeout_s, sql=prep.sql)
+        return encode_release(perturb(prep.plan, cal, result, self._rng))
 
     def _accuracy(self, plan: Plan, cal: Calibration, table: Any | None,
                   names: list[str] | None) -> list[Accuracy]:
@@ -305,7 +352,9 @@ class Gateway:
                 continue
             main = cal.stats[agg.stats[0] if len(agg.stats) == 1 else agg.stats[1]]
             ratio = agg.func not in ("count", "count_units", "count_distinct", "sum")
-            ci95: float | None = None if ratio else main.ci95
+            # A ratio's half-width depends on its noisy count: the median over the released
+            # groups; without any (explain, or nothing released), the widest it can be.
+            ci95: float | None = _widest_ratio_ci95(agg) if ratio else main.ci95
             if table is not None:
                 ci = table.ci95.get(target)
                 if ci is not None and len(ci):
@@ -323,6 +372,15 @@ class Gateway:
     def explain(self, sql: str, epsilon: float | None = None, delta: float | None = None,
                 mechanism: str | None = None, *, dialect: str = "duckdb") -> Explanation:
         eps, dlt, mech = self._request(epsilon, delta, mechanism)
+        compound = self.compounds.plan(sql, dialect)
+        if compound is not None:
+            return self.compounds.explain(compound, eps, dlt, mech)
+        return self.explain_checked(sql, eps, dlt, mech, dialect=dialect)
+
+    def explain_checked(self, sql: str, eps: float, dlt: float, mech: str, *,
+                        dialect: str = "duckdb") -> Explanation:
+        """:meth:`explain` of one SELECT at an (ε, δ) already checked (a compound
+        statement explains each SELECT at its share)."""
         plan = self.plan(sql, dialect=dialect)
         if plan.public_query is not None:
             return Explanation(self.executor.render(plan.public_query), [], None,
@@ -365,7 +423,7 @@ class Gateway:
                 for k in plan.keys]
         accuracy = self._accuracy(plan, cal, None, None)
         return Explanation(self.executor.render(tree, pretty=True), aggregates, ps,
-                           cal.epsilon, cal.delta, accuracy, keys)
+                           cal.epsilon, cal.delta, accuracy, keys, list(plan.notes))
 
     # -- analysts and budgets ---------------------------------------------------------
 
@@ -428,6 +486,8 @@ class Gateway:
                 cols = [{"name": c, "type": t}
                         for c, t in self.executor.table_columns(name).items()]
                 tables[name] = {"public": True, "columns": cols}
+                if spec.schema_ is not None:
+                    tables[name]["schema"] = spec.schema_
                 continue
             cols = []
             for cname, c in spec.columns.items():
@@ -449,6 +509,8 @@ class Gateway:
             tables[name] = {"public": False, "privacy_unit": spec.privacy_unit,
                             "max_rows_per_unit": spec.max_rows_per_unit,
                             "max_groups_per_unit": spec.max_groups_per_unit, "columns": cols}
+            if spec.schema_ is not None:
+                tables[name]["schema"] = spec.schema_
         return {"dataset": self.policy.dataset, "policy_version": self.policy.version,
                 "tables": tables}
 
@@ -496,6 +558,29 @@ class Gateway:
     def predict(self, who: Analyst, model_id: str, rows: list[dict[str, Any]]) -> list[Any]:
         """Predictions for caller-supplied rows: post-processing, so free."""
         return self._training().predict(who, model_id, rows)
+
+
+def _widest_ratio_ci95(agg: AggSpec) -> float:
+    """The largest 95% half-width finish() reports for AVG/VAR/STDDEV (it caps each at
+    what the bounds allow), a function of the bounds only."""
+    half = (agg.hi - agg.lo) / 2.0
+    if agg.func == "avg":
+        return half
+    if agg.func.startswith("stddev"):
+        return half * math.sqrt(2)
+    return half * half * 2
+
+
+def _cell_notes(plan: Plan, out: Released) -> list[str]:
+    """Why a column computed from noisy aggregates has no per-cell half-width (a function
+    of the query only)."""
+    cells = output_cells(plan)
+    if len(cells) != len(out.columns):
+        return []
+    return [f"column {col.name!r} has no per-cell ci95: it is not one aggregate or a "
+            f"constant scaling of one (e.g. a ratio of two aggregates); see accuracy"
+            for col, cell in zip(out.columns, cells, strict=True)
+            if cell.noisy and cell.agg is None]
 
 
 def _quantile_accuracy(column: str, agg: AggSpec, cal: Calibration) -> Accuracy:

@@ -94,6 +94,10 @@ class QueryRequest(_Body):
     delta: OptReal = _opt("δ to spend (a JSON number)", ge=0, lt=1)
     mechanism: Literal["laplace", "gaussian"] | None = Field(
         default=None, description="noise distribution (gaussian needs δ > 0)")
+    report: Literal["none", "ci95"] | None = Field(
+        default=None, description="'ci95': add a float column <col>_ci95 after each column "
+        "computed from noisy aggregates, holding each cell's 95% half-width (as SQL clients "
+        "see it over pgwire with SET dp.report = 'ci95'); the ci95 field has them anyway")
 
 
 class ColumnOut(BaseModel):
@@ -121,20 +125,28 @@ class QueryResponse(BaseModel):
         "query_id": "0f6c8d4b6a1e4f7e9a3b2c1d0e9f8a7b",
         "columns": [{"name": "country", "type": "text"}, {"name": "n", "type": "int"}],
         "rows": [["DE", 10412], ["US", 20988]],
+        "ci95": [[None, 120.0], [None, 120.0]],
         "epsilon_spent": 0.5, "delta_spent": 0.0,
         "budget": {"epsilon_remaining": 3.5, "delta_remaining": 1e-6},
         "accuracy": [{"column": "n", "mechanism": "discrete_laplace", "noise_scale": 40.0,
                       "ci95": 120.0}],
-        "cached": False}]})
+        "cached": False, "notes": []}]})
 
     query_id: str
     columns: list[ColumnOut]
     rows: list[list[Any]] = Field(description="noisy rows; dates as ISO 8601 strings")
+    ci95: list[list[float | None]] = Field(
+        default_factory=list, description="per row, aligned with columns: the 95% half-width "
+        "of each value; null for group keys, and for values computed from several aggregates "
+        "(see notes)")
     epsilon_spent: float = Field(description="0 when the answer came from the cache")
     delta_spent: float
     budget: RemainingOut
     accuracy: list[AccuracyOut]
     cached: bool = Field(description="the same query at the same ε was answered before: free")
+    notes: list[str] = Field(
+        default_factory=list, description="how the answer was made, in words (e.g. groups "
+        "chosen by partition selection because the public domains are too large)")
 
 
 class ExplainResponse(BaseModel):
@@ -154,6 +166,12 @@ class ExplainResponse(BaseModel):
     epsilon_cost: float
     delta_cost: float
     accuracy: list[AccuracyOut]
+    notes: list[str] = Field(default_factory=list)
+    branches: list[dict[str, Any]] | None = Field(
+        default=None, description="a statement of several SELECTs (UNION ALL, UNION, "
+        "INTERSECT, EXCEPT) only: per SELECT, its SQL, kind (dp, public, public_domains), "
+        "epsilon_cost and delta_cost (its share; the charge is their composition), "
+        "aggregates, group_keys, partition_selection, accuracy and rewritten_sql")
 
 
 class BudgetTotals(BaseModel):
@@ -191,6 +209,10 @@ class SchemaColumn(BaseModel):
 
 class SchemaTable(BaseModel):
     public: bool
+    schema_: str | None = Field(
+        default=None, alias="schema",
+        description="the table's own schema from the policy: queries may write schema.table "
+        "(public., main. and the dataset name are accepted for every table)")
     privacy_unit: str | None = None
     max_rows_per_unit: int | None = None
     max_groups_per_unit: int | None = None

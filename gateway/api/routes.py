@@ -54,7 +54,7 @@ async def query(body: QueryRequest, who: Caller, ctx: Ctx,
                 idempotency_key: IdemKey = None) -> Response:
     def work() -> dict[str, Any]:
         return ctx.gateway.query_as(who, body.sql, body.epsilon, body.delta,
-                                    body.mechanism).to_dict()
+                                    body.mechanism).reported(body.report).to_dict()
 
     digest = fingerprint("query", body.model_dump())
     return await ctx.charged(who, "query", idempotency_key, digest, work)

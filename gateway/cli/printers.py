@@ -46,6 +46,7 @@ def describe_release(result: dict[str, Any]) -> str:
         ci = acc.get("ci95")
         parts.append(f"{acc['column']}: {acc['mechanism']} noise, scale "
                      f"{acc['noise_scale']:.4g}" + (f", 95% within ±{ci:.4g}" if ci else ""))
+    parts.extend(f"note: {n}" for n in result.get("notes", []))
     return "\n".join(parts)
 
 

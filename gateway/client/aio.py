@@ -84,8 +84,10 @@ class AsyncConnection:
 
     async def query(self, sql: str, epsilon: float | None = None, delta: float | None = None,
                     mechanism: str | None = None, *, params: Any = None,
-                    idempotency_key: str | None = None) -> Result:
+                    idempotency_key: str | None = None, report: str | None = None) -> Result:
         body = self._spend(bind(sql, params), epsilon, delta, mechanism)
+        if report is not None:
+            body["report"] = report  # 'ci95': <col>_ci95 columns, as Connection.query
         return Result.from_json(await self.request("POST", "/v1/query", json=body,
                                                    charged=True,
                                                    idempotency_key=idempotency_key))

@@ -32,6 +32,8 @@ from sqlglot import exp
 from sqlglot.errors import ParseError, TokenError
 from sqlglot.tokens import TokenType
 
+from gateway.sql.parse import mark_top
+
 apilevel = "2.0"
 threadsafety = 2  # threads may share the module and connections, not cursors
 paramstyle = "qmark"  # also accepted: named (:name) with a mapping, numeric ($1)
@@ -173,12 +175,15 @@ def bind(sql: str, params: Sequence[Any] | Mapping[str, Any] | None) -> str:
 def _parse_marked(sql: str) -> exp.Expr:
     """Parse with each ``?`` renamed ``$__p<offset>``, so they can be told apart in order."""
     try:
-        tokens = sqlglot.Dialect.get_or_raise("duckdb").tokenize(sql)
+        dialect = sqlglot.Dialect.get_or_raise("duckdb")
+        tokens = dialect.tokenize(sql)
         text = sql
         for tok in reversed([t for t in tokens
                              if t.token_type == TokenType.PLACEHOLDER and t.text == "?"]):
             text = text[:tok.start] + f"$__p{tok.start}" + text[tok.end + 1:]
-        trees = [t for t in sqlglot.parse(text, dialect="duckdb") if t is not None]
+        tokens = dialect.tokenize(text)
+        mark_top(tokens)  # T-SQL's SELECT TOP n, as the gateway reads it (LIMIT n)
+        trees = [t for t in dialect.parser().parse(tokens, text) if t is not None]
     except (ParseError, TokenError) as e:
         raise ProgrammingError(f"cannot bind parameters: the SQL does not parse ({e})") from None
     if len(trees) != 1:
@@ -215,6 +220,9 @@ class Result:
     cached: bool = False
     budget: dict[str, float] = field(default_factory=dict)
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
+    # Per row, aligned with columns: each value's 95% half-width (None: a key, or none).
+    ci95: list[tuple[float | None, ...]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
     @classmethod
     def from_json(cls, body: dict[str, Any]) -> Result:
@@ -224,7 +232,8 @@ class Result:
                       for p, v in zip(parse, row, strict=True)) for row in body["rows"]]
         return cls(body["query_id"], columns, rows, body["epsilon_spent"], body["delta_spent"],
                    body.get("accuracy", []), body.get("cached", False),
-                   body.get("budget", {}), body)
+                   body.get("budget", {}), body,
+                   [tuple(ci) for ci in body.get("ci95", [])], list(body.get("notes", [])))
 
     def to_pandas(self) -> Any:
         import pandas as pd
@@ -257,11 +266,12 @@ class Connection:
     def __init__(self, url: str, api_key: str, *, timeout: float = 60.0, retries: int = 3,
                  backoff: float = 0.25, max_backoff: float = 8.0,
                  epsilon: float | None = None, delta: float | None = None,
-                 mechanism: str | None = None, transport: httpx.BaseTransport | None = None
-                 ) -> None:
+                 mechanism: str | None = None, transport: httpx.BaseTransport | None = None,
+                 report: str | None = None) -> None:
         self.url = url.rstrip("/")
         self.retries, self.backoff, self.max_backoff = retries, backoff, max_backoff
         self.epsilon, self.delta, self.mechanism = epsilon, delta, mechanism
+        self.report = report  # cursors' default: 'ci95' adds <col>_ci95 columns
         self._http: httpx.Client | None = httpx.Client(
             base_url=self.url, timeout=timeout, transport=transport,
             headers={"Authorization": f"Bearer {api_key}", "User-Agent": "dp-gateway-client"})
@@ -310,9 +320,14 @@ class Connection:
 
     def query(self, sql: str, epsilon: float | None = None, delta: float | None = None,
               mechanism: str | None = None, *, params: Any = None,
-              idempotency_key: str | None = None) -> Result:
-        """Run a DP query (charged unless cached); ``params`` binds ``?`` placeholders."""
+              idempotency_key: str | None = None, report: str | None = None) -> Result:
+        """Run a DP query (charged unless cached); ``params`` binds ``?`` placeholders.
+
+        ``report='ci95'`` adds a float column ``<col>_ci95`` after each column computed
+        from noisy aggregates (each value's 95% half-width, also in ``Result.ci95``)."""
         body = self._spend(epsilon, delta, mechanism, bind(sql, params))
+        if report is not None:
+            body["report"] = report
         return Result.from_json(self.request("POST", "/v1/query", json=body, charged=True,
                                              idempotency_key=idempotency_key))
 
@@ -407,13 +422,16 @@ class Model(dict[str, Any]):
 
 
 class Cursor:
-    """PEP 249 cursor; ``epsilon``/``delta``/``mechanism`` set what each execute spends."""
+    """PEP 249 cursor; ``epsilon``/``delta``/``mechanism`` set what each execute spends, and
+    ``report = 'ci95'`` (default: the connection's ``report``) adds a ``<col>_ci95`` column
+    after each column computed from noisy aggregates, as ``SET dp.report`` does over pgwire."""
 
     arraysize = 1
 
     def __init__(self, conn: Connection) -> None:
         self.connection = conn
         self.epsilon, self.delta, self.mechanism = conn.epsilon, conn.delta, conn.mechanism
+        self.report = conn.report
         self.result: Result | None = None
         self._rows: list[tuple[Any, ...]] = []
         self._pos = 0
@@ -429,10 +447,13 @@ class Cursor:
     def rowcount(self) -> int:
         return -1 if self.result is None else len(self._rows)
 
-    def execute(self, operation: str, parameters: Any = None) -> Cursor:
+    def execute(self, operation: str, parameters: Any = None, *,
+                report: str | None = None) -> Cursor:
+        """Run ``operation``; ``report`` ('ci95' or 'none') overrides ``self.report``."""
         self._check()
         self.result = self.connection.query(operation, self.epsilon, self.delta,
-                                            self.mechanism, params=parameters)
+                                            self.mechanism, params=parameters,
+                                            report=report or self.report)
         self._rows, self._pos = list(self.result.rows), 0
         return self
 
@@ -490,6 +511,7 @@ def connect(url: str, api_key: str, **options: Any) -> Connection:
     """Open a session with a gateway at ``url`` (nothing is sent until the first call).
 
     ``options``: ``timeout`` (s, per attempt), ``retries``, ``backoff`` (s),
-    ``max_backoff``, default ``epsilon``/``delta``/``mechanism``, ``transport``.
+    ``max_backoff``, default ``epsilon``/``delta``/``mechanism``, ``transport``, and
+    ``report='ci95'`` (cursors add a ``<col>_ci95`` column after each noisy column).
     """
     return Connection(url, api_key, **options)

@@ -134,6 +134,11 @@ class Executor(Protocol):
         cannot depend on data); raise QueryRejected for what fails there."""
         ...
 
+    def describe(self, tree: exp.Expr, sql: str | None = None) -> list[tuple[str, str]]:
+        """Output (name, policy type) of ``tree``, bound against the empty copy of the
+        schema (data-free, like :meth:`check`); QueryRejected if it does not bind."""
+        ...
+
     def keyed_hash(self, args: list[exp.Expr], salt: exp.Expr) -> exp.Expr:
         """A keyed 64-bit hash of args, used to choose a unit's groups at random."""
         ...

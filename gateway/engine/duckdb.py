@@ -371,6 +371,25 @@ class DuckDBExecutor:
                 self._checked.clear()
             self._checked.add(sql)
 
+    def describe(self, tree: exp.Expr, sql: str | None = None) -> list[tuple[str, str]]:
+        sql = sql if sql is not None else self.render(tree)
+        with self._lock:
+            cur = self._shadow.cursor()
+        timer = threading.Timer(CHECK_TIMEOUT_S, cur.interrupt)
+        timer.daemon = True
+        timer.start()
+        try:
+            rows = cur.execute("DESCRIBE " + sql).fetchall()
+        except duckdb.Error as e:
+            log.error("engine could not describe a planned query: %s: %s", type(e).__name__, e)
+            raise QueryRejected(f"the engine cannot plan this query ({type(e).__name__})",
+                                hint="check that functions get arguments of the right types",
+                                rule="engine") from None
+        finally:
+            timer.cancel()
+            cur.close()
+        return [(str(r[0]), policy_type(str(r[1]))) for r in rows]
+
     def render(self, tree: exp.Expr, *, pretty: bool = False) -> str:
         try:
             check_expressible(tree, self.features)

@@ -32,6 +32,7 @@ import sqlglot
 from sqlglot import exp
 from sqlglot.errors import ParseError, TokenError
 
+from gateway.errors import GatewayError
 from gateway.pgwire import commands, sqltext
 from gateway.pgwire.catalog import Catalog, SessionInfo
 from gateway.pgwire.errors import QUERY_CANCELED, SYNTAX_ERROR, PgError
@@ -88,6 +89,17 @@ def gateway_fields(columns: list[Any], rows: list[tuple[Any, ...]]) -> list[Fiel
     return out
 
 
+def with_ci95_fields(fields: list[Field], noisy: list[bool]) -> list[Field]:
+    """``<col>_ci95`` (float8) after each column computed from noisy aggregates, as
+    :meth:`QueryResult.reported` adds them to the answer."""
+    out: list[Field] = []
+    for f, n in zip(fields, noisy, strict=True):
+        out.append(f)
+        if n:
+            out.append(Field(f"{f.name}_ci95", FLOAT8))
+    return out
+
+
 def data_oid(duck_type: str) -> int:
     """The OID the core's answer will have, from the DuckDB type of a dry run."""
     t = duck_type.upper()
@@ -107,6 +119,10 @@ def data_oid(duck_type: str) -> int:
     if t.startswith("TIMESTAMP"):
         return TIMESTAMP
     return TEXT
+
+
+# Schemas the emulated catalog answers for itself.
+_CATALOG_SCHEMAS = frozenset({"pg_catalog", "information_schema"})
 
 
 def parse(sql: str) -> exp.Expr:
@@ -268,11 +284,16 @@ class Session:
             return "data", None  # not a query: the core refuses it with its reason
         ctes = {c.alias_or_name.lower() for c in tree.find_all(exp.CTE)}
         for table in tree.find_all(exp.Table):
-            if not isinstance(table.this, exp.Identifier) or table.catalog:
+            if not isinstance(table.this, exp.Identifier):
                 continue
             name = table.name.lower()
-            if table.db.lower() in ("", "public") and name in self.ctx.catalog.policy_tables \
-                    and not (not table.db and name in ctes):
+            qualified = bool(table.db or table.catalog)
+            # A policy table under any qualifier but the catalog's own schemas goes to
+            # the core, which accepts public., main., the dataset and the table's own
+            # schema (gateway/sql/names.py) and explains any other.
+            if table.db.lower() not in _CATALOG_SCHEMAS and \
+                    name in self.ctx.catalog.policy_tables and \
+                    not (not qualified and name in ctes):
                 return ("catalog", tree) if provably_empty(tree) else ("data", None)
         return "catalog", tree
 
@@ -280,8 +301,22 @@ class Session:
         route, tree = self.route(sql)
         if route == "catalog":
             assert tree is not None
-            return await self.catalog_query(tree)
+            return await self.probe_or_catalog(sql, tree)
         return await self.data_query(sql)
+
+    async def probe_or_catalog(self, sql: str, tree: exp.Expr) -> Result:
+        """A catalog query; for a column probe of a data query (``LIMIT 0``) under
+        ``dp.report = 'ci95'``, with the ``<col>_ci95`` columns the query would have."""
+        res = await self.catalog_query(tree)
+        if self.settings.report == "ci95" and res.fields is not None and provably_empty(tree):
+            try:
+                _, noisy = await self.run(self.gateway.output_columns, sql,
+                                          dialect="postgres")
+            except GatewayError:
+                return res
+            if len(noisy) == len(res.fields):
+                res.fields = with_ci95_fields(res.fields, noisy)
+        return res
 
     async def catalog_query(self, tree: exp.Expr) -> Result:
         cat = self.ctx.catalog
@@ -293,10 +328,11 @@ class Session:
         s = self.settings
         res = await self.run(self.gateway.query_as, self.analyst, sql, s.epsilon, s.delta,
                              s.mechanism, dialect="postgres")
+        res = res.reported(s.report)
         rows = [tuple(r) for r in res.rows]
         if self.tx != "I":
             self.tx_epsilon += res.epsilon_spent
-        notices = []
+        notices = list(res.notes)  # e.g. groups chosen by partition selection
         if self.ctx.notices:
             rem = res.budget or {}
             how = "answered from the cache, no charge" if res.cached else (
@@ -327,16 +363,17 @@ class Session:
         route, tree = self.route(sql)
         if route == "catalog":
             assert tree is not None
-            res = await self.catalog_query(tree)
+            res = await self.probe_or_catalog(sql, tree)
             return res.fields, res
         return await self.dry_run(sql), None
 
     async def dry_run(self, sql: str) -> list[Field]:
-        cached = self.ctx.describe_cache.get(sql)
+        report = self.settings.report
+        key = sql if report == "none" else f"{report}\x00{sql}"
+        cached = self.ctx.describe_cache.get(key)
         if cached is not None:
             return cached
-        plan = await self.run(self.gateway.plan, sql, dialect="postgres")
-        names = [e.alias_or_name for e in plan.post.expressions]
+        names, noisy = await self.run(self.gateway.output_columns, sql, dialect="postgres")
         try:
             res = await self.run(self._type_on_empty_tables, sql,
                                  timeout=self.ctx.catalog_timeout_s,
@@ -349,7 +386,9 @@ class Session:
                 raise
             oids = [TEXT] * len(names)
         fields = [Field(n, o) for n, o in zip(names, oids, strict=True)]
-        self.ctx.remember(sql, fields)
+        if report == "ci95" and len(noisy) == len(fields):
+            fields = with_ci95_fields(fields, noisy)
+        self.ctx.remember(key, fields)
         return fields
 
     def _type_on_empty_tables(self, sql: str) -> Any:

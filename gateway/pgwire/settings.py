@@ -2,7 +2,8 @@
 
 BI tools and drivers ``SET`` and ``SHOW`` a zoo of parameters on connect; none
 of them changes how the gateway computes an answer except ``dp.epsilon``,
-``dp.delta`` and ``dp.mechanism``, the per-query spend.  Values set inside a
+``dp.delta`` and ``dp.mechanism``, the per-query spend (and ``dp.report``, which
+adds each noisy value's 95% half-width as a column).  Values set inside a
 transaction are undone by ROLLBACK (and ``SET LOCAL`` ends with the
 transaction), as in PostgreSQL, so a client that rolls back sees what it
 expects.  Rolling back never refunds budget: that lives in the ledger, not here.
@@ -44,6 +45,7 @@ DEFAULTS: dict[str, str] = {
     "session_replication_role": "origin", "vacuum_freeze_min_age": "50000000",
     "wal_level": "replica", "shared_buffers": "128MB", "port": "5433",
     "listen_addresses": "localhost", "cluster_name": "", "data_directory_mode": "0700",
+    "dp.report": "none",
 }
 
 # Sent as ParameterStatus at startup and whenever they change (GUC_REPORT).
@@ -61,6 +63,8 @@ DESCRIPTIONS = {
     "dp.epsilon": "privacy budget (epsilon) spent by each data query",
     "dp.delta": "privacy budget (delta) spent by each data query",
     "dp.mechanism": "noise mechanism: laplace or gaussian",
+    "dp.report": "ci95: add a <col>_ci95 column (95% half-width) after each noisy column; "
+                 "none: do not",
 }
 
 
@@ -69,6 +73,13 @@ def display_name(name: str) -> str:
 
 
 def _check_dp(name: str, value: str) -> str:
+    if name == "dp.report":
+        v = value.strip().lower()
+        if v not in ("ci95", "none"):
+            raise PgError(INVALID_PARAMETER_VALUE,
+                          f'invalid value for parameter "dp.report": "{value}"',
+                          hint="use ci95 (a <col>_ci95 column per noisy column) or none")
+        return v
     if name == "dp.mechanism":
         v = value.strip().lower()
         if v not in ("laplace", "gaussian"):
@@ -91,7 +102,7 @@ def _check_dp(name: str, value: str) -> str:
 
 def normalize(name: str, value: str) -> str:
     """Validate a new value; raise PgError (22023) if PostgreSQL or DP would refuse it."""
-    if name in ("dp.epsilon", "dp.delta", "dp.mechanism"):
+    if name in ("dp.epsilon", "dp.delta", "dp.mechanism", "dp.report"):
         return _check_dp(name, value)
     if name in ("transaction_isolation", "default_transaction_isolation"):
         v = " ".join(value.lower().split())
@@ -258,3 +269,8 @@ class Settings:
     @property
     def mechanism(self) -> str | None:
         return self._explicit("dp.mechanism")
+
+    @property
+    def report(self) -> str:
+        """'ci95': data queries get a <col>_ci95 column after each noisy column."""
+        return self.get("dp.report") or "none"

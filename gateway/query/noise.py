@@ -267,6 +267,16 @@ def _calibrate(plan: Plan, epsilon: float, delta: float, mechanism: str) -> Cali
     noisy = [s for s in plan.stats if _l1(s, plan) > 0]
     exact = [s for s in plan.stats if _l1(s, plan) == 0]
     ps = plan.partition_selection
+    if ps and delta <= 0 and plan.too_many_groups is not None:
+        rows, limit = plan.too_many_groups
+        names = ", ".join(k.expr.sql(dialect="duckdb") for k in plan.keys)
+        raise QueryRejected(
+            f"the public values of the group keys ({names}) would release {rows:,} rows, "
+            f"more than limits.max_public_groups ({limit:,}); so many groups need DP "
+            "partition selection, which needs delta > 0",
+            hint="pass delta (e.g. 1e-6) to have the groups chosen by partition selection, "
+            "or group by fewer keys (or coarser ones, e.g. date_trunc('month', d))",
+            rule="partition_selection")
     if ps and delta <= 0:
         raise QueryRejected(
             "grouping by a column without public values needs DP partition selection, "

@@ -16,10 +16,19 @@ from typing import Any
 import duckdb
 import numpy as np
 import pandas as pd
+import sqlglot
 from sqlglot import exp
 
-from gateway.engine.duckdb import policy_type
+from gateway.engine.duckdb import CANONICAL, policy_type
 from gateway.errors import BackendError
+from gateway.query.cells import (
+    ROW_ID,
+    Cell,
+    cell_half_widths,
+    output_cells,
+    row_ids,
+    thread_rows,
+)
 from gateway.query.perturb import NoisyTable
 from gateway.sql.plan import AggSpec, Plan
 from gateway.sql.postprocess_plan import NOISY_TABLE
@@ -33,6 +42,17 @@ class Column:
     type: str
 
 
+@dataclass(frozen=True)
+class Released:
+    """A post-processed answer: rows, each cell's 95% half-width (None: none, see
+    :mod:`gateway.query.cells`), and which columns come from noisy aggregates."""
+
+    columns: list[Column]
+    rows: list[tuple[Any, ...]]
+    ci95: list[tuple[float | None, ...]]
+    noisy: tuple[bool, ...]
+
+
 class PostProcessor:
     def __init__(self) -> None:
         self._con = duckdb.connect(":memory:", config={
@@ -42,12 +62,19 @@ class PostProcessor:
         self._con.execute("SET lock_configuration = true")
         self._lock = threading.Lock()
 
-    def run(self, plan: Plan, table: NoisyTable) -> tuple[list[Column], list[tuple[Any, ...]]]:
+    def run(self, plan: Plan, table: NoisyTable) -> Released:
+        """The post query over the noisy table, with each cell's 95% half-width."""
+        cells = output_cells(plan)
+        noisy = tuple(c.noisy for c in cells)
         direct = _direct(plan, table)
         if direct is not None:
-            return direct
-        frame = to_frame(plan, table)
-        sql = plan.post.sql(dialect="duckdb")
+            columns, rows = direct
+            return Released(columns, rows, cell_half_widths(cells, table, range(len(rows))),
+                            noisy)
+        # Carry a hidden row id through the post query when some column has a half-width.
+        threaded = thread_rows(plan.post) if any(c.agg for c in cells) else None
+        frame = to_frame(plan, table, row_id=threaded is not None)
+        sql = (threaded or plan.post).sql(dialect="duckdb")
         with self._lock:
             cur = self._con.cursor()
         try:
@@ -62,16 +89,75 @@ class PostProcessor:
             ) from None
         finally:
             cur.close()
+        hidden = [i for i, d in enumerate(desc) if d[0] == ROW_ID] if threaded else []
+        ids = row_ids([r[hidden[0]] for r in rows]) if hidden else [None] * len(rows)
+        if hidden:
+            keep = [i for i in range(len(desc)) if i not in hidden]
+            desc = [desc[i] for i in keep]
+            rows = [tuple(r[i] for i in keep) for r in rows]
         columns = [Column(d[0], policy_type(str(d[1]))) for d in desc]
-        return columns, [tuple(_clean(v) for v in row) for row in rows]
+        if len(cells) != len(columns):  # cannot happen; never guess which cell is which
+            cells = [Cell(noisy=False)] * len(columns)
+            noisy = tuple(c.noisy for c in cells)
+        return Released(columns, [tuple(_clean(v) for v in row) for row in rows],
+                        cell_half_widths(cells, table, ids), noisy)
 
     def run_public(self, rows: list[tuple[Any, ...]], names: list[str], types: list[str]
                    ) -> tuple[list[Column], list[tuple[Any, ...]]]:
         return ([Column(n, t) for n, t in zip(names, types, strict=True)],
                 [tuple(_clean(_plain(v)) for v in row) for row in rows])
 
+    def describe(self, plan: Plan) -> list[Column]:
+        """The columns :meth:`run` gives ``plan``, from types alone: the post query bound
+        over an empty noisy table typed from the plan (data-free)."""
+        cte = exp.CTE(this=sqlglot.parse_one(
+            "SELECT " + ", ".join(f'CAST(NULL AS {t}) AS "{n}"' for n, t in
+                                  noisy_schema(plan).items()) + " LIMIT 0", dialect="duckdb"),
+            alias=exp.TableAlias(this=exp.to_identifier(NOISY_TABLE)))
+        post = plan.post.copy()
+        ctes = post.args["with_"].expressions if post.args.get("with_") else []
+        post.set("with_", exp.With(expressions=[cte, *ctes]))
+        return self.run_sql(post.sql(dialect="duckdb"), {})[0]
+
+    def run_sql(self, sql: str, frames: dict[str, pd.DataFrame]
+                ) -> tuple[list[Column], list[tuple[Any, ...]]]:
+        """``sql`` over ``frames`` (registered under their names) and nothing else: the
+        combination of noisy results (:mod:`gateway.query.compound`)."""
+        with self._lock:
+            cur = self._con.cursor()
+        try:
+            for name, frame in frames.items():
+                cur.register(name, frame)
+            res = cur.execute(sql)
+            desc = res.description or []
+            rows = res.fetchall()
+        except duckdb.Error as e:
+            raise BackendError(
+                "post-processing of the noisy result failed",
+                hint=f"check the ORDER BY / LIMIT over the noisy results ({type(e).__name__})",
+            ) from None
+        finally:
+            cur.close()
+        return ([Column(d[0], policy_type(str(d[1]))) for d in desc],
+                [tuple(_clean(v) for v in row) for row in rows])
+
     def close(self) -> None:
         self._con.close()
+
+
+def noisy_schema(plan: Plan) -> dict[str, str]:
+    """Column -> DuckDB type of the noisy table :func:`to_frame` builds for ``plan``."""
+    out = {k.name: CANONICAL.get(k.type, "VARCHAR") for k in plan.keys}
+    for agg in plan.aggs:
+        if agg.quantile is not None:
+            q = next(q for q in plan.quantiles if q.name == agg.quantile)
+            one = "DATE" if q.kind == "date" else ("BIGINT" if q.integral else "DOUBLE")
+            out[agg.name] = one + "[]" if agg.func == "quantiles" else one
+        elif _agg_is_integer(plan, agg.name):
+            out[agg.name] = "BIGINT"
+        else:
+            out[agg.name] = "DOUBLE"
+    return out
 
 
 def _agg_is_integer(plan: Plan, name: str) -> bool:
@@ -127,10 +213,21 @@ def _direct(plan: Plan, table: NoisyTable) -> tuple[list[Column], list[tuple[Any
     return columns, rows
 
 
-def to_frame(plan: Plan, table: NoisyTable) -> pd.DataFrame:
+# Nullable column types for keys with NULL as a public value (an int key with a NULL
+# would otherwise become a float column).
+_NULLABLE = {"int": "Int64", "float": "Float64", "bool": "boolean", "text": "string"}
+
+
+def to_frame(plan: Plan, table: NoisyTable, *, row_id: bool = False) -> pd.DataFrame:
     data: dict[str, Any] = {}
+    nullable: set[str] = set()
     for j, key in enumerate(plan.keys):
-        data[key.name] = pd.Series([g[j] for g in table.keys], dtype=object)
+        values = [g[j] for g in table.keys]
+        if key.type in _NULLABLE and any(v is None for v in values):
+            data[key.name] = pd.Series(values, dtype=_NULLABLE[key.type])
+            nullable.add(key.name)
+        else:
+            data[key.name] = pd.Series(values, dtype=object)
     for agg in plan.aggs:
         v = table.values[agg.name]
         if agg.quantile is not None:
@@ -141,9 +238,12 @@ def to_frame(plan: Plan, table: NoisyTable) -> pd.DataFrame:
             data[agg.name] = v.astype(np.int64)
         else:
             data[agg.name] = v.astype(np.float64)
+    if row_id:
+        data[ROW_ID] = np.arange(len(table.keys), dtype=np.int64)
     frame = pd.DataFrame(data, index=range(len(table.keys)))
     for key in plan.keys:
-        frame[key.name] = frame[key.name].infer_objects()
+        if key.name not in nullable:
+            frame[key.name] = frame[key.name].infer_objects()
     return frame
 
 

@@ -11,11 +11,12 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
+from gateway.errors import InvalidRequest
 from gateway.query.perturb import NoisyStats
 from gateway.query.postprocess import Column
 
@@ -47,23 +48,69 @@ class QueryResult:
     accuracy: list[Accuracy]
     cached: bool
     budget: dict[str, float] = field(default_factory=dict)
+    # Per row, aligned with columns: the cell's 95% half-width, None for keys and for
+    # values without one (gateway/query/cells.py says which).
+    ci95: list[tuple[float | None, ...]] = field(default_factory=list)
+    # Per column: computed from noisy aggregates (gets a <col>_ci95 column in reports).
+    noisy: tuple[bool, ...] = ()
+    notes: list[str] = field(default_factory=list)  # how the answer was made, in words
 
     def to_pandas(self) -> Any:
         import pandas as pd
 
         return pd.DataFrame.from_records(self.rows, columns=[c.name for c in self.columns])
 
+    def reported(self, report: str | None) -> QueryResult:
+        """The result as SQL clients ask for it: ``report='ci95'`` adds a float column
+        ``<col>_ci95`` after each column computed from noisy aggregates, holding that
+        cell's 95% half-width ('none' or None: unchanged)."""
+        check_report(report)
+        if report in (None, "none") or not any(self.noisy):
+            return self
+
+        def spread(values: tuple[Any, ...], ci: tuple[float | None, ...]) -> tuple[Any, ...]:
+            return tuple(v for j, x in enumerate(values)
+                         for v in ((x, ci[j]) if self.noisy[j] else (x,)))
+
+        nones = tuple(None for _ in self.columns)
+        cis = self.ci95 if len(self.ci95) == len(self.rows) else [nones] * len(self.rows)
+        return replace(
+            self, columns=ci95_columns(self.columns, self.noisy),
+            rows=[spread(row, ci) for row, ci in zip(self.rows, cis, strict=True)],
+            ci95=[spread(ci, nones) for ci in cis],
+            noisy=tuple(f for n in self.noisy for f in ((n, False) if n else (n,))))
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "query_id": self.query_id,
             "columns": [{"name": c.name, "type": c.type} for c in self.columns],
             "rows": [[jsonable(v) for v in row] for row in self.rows],
+            "ci95": [list(ci) for ci in self.ci95],
             "epsilon_spent": self.epsilon_spent,
             "delta_spent": self.delta_spent,
             "budget": dict(self.budget),
             "accuracy": [a.to_dict() for a in self.accuracy],
             "cached": self.cached,
+            "notes": list(self.notes),
         }
+
+
+REPORTS = ("none", "ci95")
+
+
+def check_report(report: str | None) -> None:
+    if report is not None and report not in REPORTS:
+        raise InvalidRequest(f"unknown report {report!r}", hint="use 'ci95' or 'none'")
+
+
+def ci95_columns(columns: list[Column], noisy: tuple[bool, ...]) -> list[Column]:
+    """``columns`` with ``<col>_ci95`` (float) after each noisy one."""
+    out: list[Column] = []
+    for c, n in zip(columns, noisy, strict=True):
+        out.append(c)
+        if n:
+            out.append(Column(f"{c.name}_ci95", "float"))
+    return out
 
 
 @dataclass(frozen=True)
@@ -75,9 +122,13 @@ class Explanation:
     delta_cost: float
     accuracy: list[Accuracy]
     group_keys: list[dict[str, Any]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    # A statement of several SELECTs (UNION ALL, ...): each one's plan, share and cost
+    # (gateway/query/compound.py); empty for one SELECT.
+    branches: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "rewritten_sql": self.rewritten_sql,
             "aggregates": self.aggregates,
             "group_keys": self.group_keys,
@@ -85,7 +136,11 @@ class Explanation:
             "epsilon_cost": self.epsilon_cost,
             "delta_cost": self.delta_cost,
             "accuracy": [a.to_dict() for a in self.accuracy],
+            "notes": list(self.notes),
         }
+        if self.branches:
+            out["branches"] = self.branches
+        return out
 
 
 def jsonable(v: Any) -> Any:

@@ -21,6 +21,7 @@ A FILTER (WHERE c) clause gates the per-row value with CASE WHEN c.
 from __future__ import annotations
 
 import datetime as dt
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -41,6 +42,9 @@ _FUNCS: dict[type[exp.Expr], str] = {
 MIN_RANK = 0.01
 # Bins of a histogram over a value's bounds (integers get one bin each when fewer).
 MAX_BINS = 1024
+# Largest magnitude of a quantile's bounds (binned in DOUBLE arithmetic; far beyond any
+# real bound, far below overflow).
+MAX_QUANTILE_MAGNITUDE = 1e15
 # Ranks asked of one statement at most (APPROX_QUANTILES(x, n) asks n + 1).
 MAX_RANKS = 101
 
@@ -170,6 +174,10 @@ class AggregateBuilder:
             return (MIN_RANK, *inner, 1.0 - MIN_RANK), "quantiles"
         p = agg.args.get("quantile") or agg.args.get("expression")
         if isinstance(p, exp.Array):
+            if not p.expressions:
+                raise QueryRejected(f"{what} needs at least one rank",
+                                    hint="e.g. QUANTILE_CONT(x, [0.25, 0.5, 0.75])",
+                                    rule="aggregate", span=span_of(agg, self.sql))
             return tuple(self._rank(e, what) for e in p.expressions), "quantiles"
         return (self._rank(p, what),), "quantile"
 
@@ -231,6 +239,15 @@ class AggregateBuilder:
             return found
         span = hi - lo
         bins = int(span) + 1 if integral and span + 1 <= MAX_BINS else (MAX_BINS if span else 1)
+        # The engine bins in DOUBLE: (v - lo) * bins / span must be finite for every v in
+        # [lo, hi], or the arithmetic could fail (or turn NaN) on some rows only.
+        if span and not (math.isfinite(span) and math.isfinite(bins / span) and
+                         bins / span > 0 and max(abs(lo), abs(hi)) <= MAX_QUANTILE_MAGNITUDE):
+            raise QueryRejected(
+                f"the bounds [{lo:g}, {hi:g}] of the {what} argument are too wide or too "
+                "narrow for a histogram", hint="clamp the value to the range you care "
+                "about, e.g. LEAST(GREATEST(x, 0), 1e6)", rule="unbounded",
+                span=span_of(arg, self.sql))
         return QuantileSpec(f"__dp_q{len(self._quantiles)}", value, lo, hi, bins,
                             "date" if kind == "date" else "number", integral, (), origin)
 

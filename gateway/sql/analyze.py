@@ -20,7 +20,7 @@ from gateway.errors import QueryRejected
 from gateway.sql.aggregates import AggregateBuilder
 from gateway.sql.bounds import ValueBuilder
 from gateway.sql.keys import group_keys
-from gateway.sql.plan import Plan
+from gateway.sql.plan import KeySpec, Plan
 from gateway.sql.postprocess_plan import build_post_query
 from gateway.sql.relations import ROW_ID, Context, FromAnalyzer
 from gateway.sql.scope import Scope
@@ -79,11 +79,35 @@ def analyze(tree: exp.Select, sql: str, ctx: Context) -> Plan:
     relation = tree.copy()
     for arg in ("with_", "group", "having", "order", "limit", "offset", "distinct"):
         relation.set(arg, None)
+    too_many, notes = _public_group_limit(keys, ctx.policy.model.limits.max_public_groups)
     return Plan(
         sql=sql, with_=with_.copy() if with_ is not None else None, relation=relation,
         unit=scope.unit, tables=scope.protected_tables, max_rows=scope.max_rows,
         max_groups=max_groups, keys=tuple(keys), stats=tuple(builder.stats.values()),
-        aggs=tuple(aggs), post=post, quantiles=builder.quantiles)
+        aggs=tuple(aggs), post=post, quantiles=builder.quantiles,
+        too_many_groups=too_many, notes=notes)
+
+
+def _public_group_limit(keys: list[KeySpec], limit: int
+                        ) -> tuple[tuple[int, int] | None, tuple[str, ...]]:
+    """Keys whose public domains would release more than ``limit`` rows (their product)
+    have their groups chosen by DP partition selection instead.  A function of the SQL
+    and the policy only: the domains and the limit are public."""
+    if not keys or any(k.domain is None for k in keys):
+        return None, ()
+    size = 1
+    for k in keys:
+        assert k.domain is not None
+        size *= len(k.domain)
+    if size <= limit:
+        return None, ()
+    names = ", ".join(k.expr.sql(dialect="duckdb") for k in keys)
+    note = (f"the public values of the group keys ({names}) would release {size:,} rows, "
+            f"more than "
+            f"limits.max_public_groups ({limit:,}): groups are chosen by DP partition "
+            f"selection instead (it costs delta and a share of epsilon; groups with few "
+            f"units are not released, empty ones never)")
+    return (size, limit), (note,)
 
 
 def check_reserved_names(tree: exp.Expr, sql: str) -> None:

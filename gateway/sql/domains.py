@@ -67,7 +67,11 @@ class DomainFinder:
         return None
 
     def key_domain(self, key: exp.Expr, scope: Scope, sql: str) -> list[Any] | None:
-        """Distinct non-NULL values ``key`` can take, or None if not enumerable."""
+        """Distinct values ``key`` can take, or None if not enumerable.
+
+        NULL is a value (a group of its own) only where the policy says so: a column
+        whose ``public_values`` list ``null``, and an expression over such a column
+        when it is NULL for some combination of its columns' values."""
         bare = key.unnest()
         columns: dict[tuple[str, str], tuple[exp.Column, ColInfo]] = {}
         for col in bare.find_all(exp.Column):
@@ -127,7 +131,10 @@ class DomainFinder:
             query = exp.select(expr.as_("k")).distinct().from_(values)
         else:
             query = exp.select(expr.as_("k"))
-        wrapped = exp.select("k").from_(query.subquery("d")).where("k IS NOT NULL").order_by("k")
+        wrapped = exp.select("k").from_(query.subquery("d"))
+        if not any(None in d for d in domains):
+            wrapped = wrapped.where("k IS NOT NULL")
+        wrapped = wrapped.order_by("k")
         found = self._scratch(wrapped)
         if found is None:
             return None
@@ -154,8 +161,9 @@ class DomainFinder:
 def typed_literal(value: Any, kind: str) -> exp.Expr:
     """A public value as a constant of the policy type ``kind`` (a plain literal, or a
     CAST of a string literal: a constant the engine converts once, at bind time)."""
-    if value is None:
-        return exp.Null()
+    if value is None:  # typed, so a column of NULLs still has the column's type
+        return exp.Cast(this=exp.Null(), to=exp.DataType.build(CANONICAL[kind])) \
+            if kind in CANONICAL else exp.Null()
     if isinstance(value, dt.datetime | dt.date):
         lit: exp.Expr = exp.Literal.string(value.isoformat(sep=" ") if isinstance(
             value, dt.datetime) else value.isoformat())

@@ -1,4 +1,5 @@
-"""Pass 1: text -> one sqlglot SELECT tree, or a rejection.
+"""Pass 1: text -> one sqlglot SELECT tree (or, for :mod:`gateway.query.compound`, a
+set operation of SELECTs), or a rejection.
 
 sqlglot parses recursively and overflows Python's stack on a few dozen nested
 parentheses, so nesting is measured *before* parsing, on sqlglot's own tokens
@@ -66,14 +67,16 @@ def token_depth(tokens: list[Token]) -> int:
     return best
 
 
-def tree_depth(tree: exp.Expr) -> int:
-    """Depth of a parsed tree, measured without recursion."""
+def tree_depth(tree: exp.Expr, flat: tuple[type[exp.Expr], ...] = ()) -> int:
+    """Depth of a parsed tree, measured without recursion; nodes of the ``flat`` types
+    add no level (a chain of UNION ALL is as deep as its deepest branch)."""
     best = 0
     stack: list[tuple[exp.Expr, int]] = [(tree, 1)]
     while stack:
         node, depth = stack.pop()
         best = max(best, depth)
-        stack.extend((child, depth + 1) for child in node.iter_expressions())
+        step = 0 if flat and isinstance(node, flat) else 1
+        stack.extend((child, depth + step) for child in node.iter_expressions())
     return best
 
 
@@ -88,6 +91,21 @@ def _too_deep(depth: int, what: str, limit: int) -> QueryRejected:
 
 def parse(sql: str, *, max_length: int = 20_000, dialect: str = "duckdb") -> exp.Select:
     """Parse exactly one SELECT statement (WITH ... SELECT included)."""
+    tree = parse_statement(sql, max_length=max_length, dialect=dialect)
+    if not isinstance(tree, exp.Select):
+        kind = type(tree).__name__.upper()
+        raise QueryRejected(
+            f"{kind} of queries is not supported here",
+            hint="send each SELECT on its own (a query, not training, may combine "
+            "aggregate SELECTs with UNION ALL)", rule="statement_kind",
+        )
+    return tree
+
+
+def parse_statement(sql: str, *, max_length: int = 20_000, dialect: str = "duckdb"
+                    ) -> exp.Select | exp.SetOperation:
+    """Parse exactly one statement: a SELECT, or a set operation (UNION [ALL],
+    INTERSECT, EXCEPT) of SELECTs, which :mod:`gateway.query.compound` answers."""
     if not isinstance(sql, str) or not sql.strip():
         raise QueryRejected("the query is empty", hint="send one SELECT statement", rule="parse")
     if len(sql) > max_length:
@@ -135,17 +153,13 @@ def parse(sql: str, *, max_length: int = 20_000, dialect: str = "duckdb") -> exp
         )
     tree = statements[0]
     assert tree is not None
-    depth = tree_depth(tree)
+    depth = tree_depth(tree, (exp.SetOperation,))
     if depth > MAX_TREE_DEPTH:
         raise _too_deep(depth, "expressions", MAX_TREE_DEPTH)
+    if isinstance(tree, exp.SetOperation):
+        return tree
     if not isinstance(tree, exp.Select):
         kind = type(tree).__name__.upper()
-        if isinstance(tree, exp.SetOperation):
-            raise QueryRejected(
-                f"{kind} of queries is not supported",
-                hint="run each SELECT separately (each is charged on its own)",
-                rule="statement_kind",
-            )
         if isinstance(tree, exp.Command):
             kind = tree.name.upper() or kind  # EXPLAIN, CALL, LOAD, RESET, ...
         if isinstance(tree, exp.Column | exp.Identifier | exp.Literal | exp.Paren | exp.Binary |

@@ -149,10 +149,16 @@ class Plan:
     wrapped: bool = False
     inner_post: exp.Select | None = None  # the innermost post query (over __dp_noisy)
     quantiles: tuple[QuantileSpec, ...] = ()
+    # Set when the keys' public domains would release more rows than
+    # limits.max_public_groups: (those rows, the limit).  Groups are then chosen by DP
+    # partition selection (the engine still keeps only keys inside the domains).
+    too_many_groups: tuple[int, int] | None = None
+    notes: tuple[str, ...] = ()  # said to the analyst with the answer (and by explain)
 
     @property
     def partition_selection(self) -> bool:
-        return bool(self.keys) and any(k.domain is None for k in self.keys)
+        return bool(self.keys) and (self.too_many_groups is not None or
+                                    any(k.domain is None for k in self.keys))
 
     @property
     def domain_size(self) -> int | None:

@@ -164,8 +164,7 @@ class _Rewriter:
                                                            expression=exp.Null()))]
         for key in self.plan.keys:
             if key.domain is not None and len(key.domain) <= MAX_IN_LIST:
-                conds.append(exp.In(this=key.engine.copy(),
-                                    expressions=[typed_literal(v, key.type) for v in key.domain]))
+                conds.append(_in_domain(key))
         where = rel.args.get("where")
         if where is not None:
             conds.insert(0, where.this)
@@ -314,20 +313,27 @@ class _Rewriter:
     # -- quantiles ----------------------------------------------------------------------
 
     def _bin(self, q: QuantileSpec) -> exp.Expr:
-        """The bin of a (clamped, non-NULL) value: an integer in [0, bins)."""
+        """The bin of a (clamped, non-NULL) value: an integer in [0, bins).
+
+        Computed in DOUBLE from a value clamped to [lo, hi] whose span and scale the
+        planner checked to be finite (and |lo|, |hi| <= 1e15): (v - lo) is in [0, span]
+        and the scaled value in [0, bins], so nothing can overflow or fail; it is still
+        wrapped in the engine's guard, and clamped to [0, bins - 1] against rounding.
+        """
         v: exp.Expr = _col(self.stat_value[q.name])
         if q.bins == 1:
             return exp.Literal.number(0)
         if q.kind == "date":
             v = exp.DateDiff(this=v, expression=typed_literal(q.origin, "date"),
                              unit=exp.Var(this="DAY"))
-        offset = exp.Paren(this=exp.Sub(this=v, expression=_num(q.lo))) if q.lo else v
-        if q.integral and q.hi - q.lo + 1 == q.bins:
-            return _bigint(offset)
-        scaled = exp.Mul(this=offset, expression=_double(q.bins / (q.hi - q.lo)))
-        # The value is clamped to [lo, hi]: only hi itself would land in bin ``bins``.
-        return exp.Least(this=_bigint(exp.Floor(this=scaled)),
-                         expressions=[_num(q.bins - 1)], ignore_nulls=True)
+        offset: exp.Expr = exp.Paren(this=exp.Sub(
+            this=exp.Cast(this=v, to=exp.DataType.build("DOUBLE")), expression=_double(q.lo)))
+        if not (q.integral and q.hi - q.lo + 1 == q.bins):
+            offset = exp.Mul(this=offset, expression=_double(q.bins / (q.hi - q.lo)))
+        index = exp.Greatest(this=exp.Least(this=_bigint(exp.Floor(this=offset)),
+                                            expressions=[_num(q.bins - 1)], ignore_nulls=True),
+                             expressions=[exp.Literal.number(0)], ignore_nulls=True)
+        return self.ex.guard(index)
 
     def _quantile_stages(self, i: int, q: QuantileSpec) -> list[tuple[str, exp.Query]]:
         """Histogram stages of one quantile value (names ``__dp_q<x><i>``).
@@ -342,10 +348,12 @@ class _Rewriter:
         keys = [_col(k) for k in self.keys]
         unit = _col("__dp_unit")
         value = _col(self.stat_value[q.name])
-        rows = exp.select(unit.copy(), *[k.copy() for k in keys],
-                          exp.alias_(self._bin(q), "__dp_bin", quoted=True)
-                          ).from_("__dp_rows").where(
+        binned = exp.select(unit.copy(), *[k.copy() for k in keys],
+                            exp.alias_(self._bin(q), "__dp_bin", quoted=True)
+                            ).from_("__dp_rows").where(
             exp.Not(this=exp.Is(this=value, expression=exp.Null())))
+        rows = exp.select(exp.Star()).from_(binned.subquery("__dp_binned")).where(
+            exp.Not(this=exp.Is(this=_col("__dp_bin"), expression=exp.Null())))
         names = {x: f"__dp_q{x}{i}" for x in ("r", "u", "w", "a")}
         count = exp.alias_(exp.Count(this=exp.Star()), "__dp_t", quoted=True)
         per_unit = exp.select(unit.copy(), count).from_(names["r"]).group_by(unit.copy())
@@ -405,18 +413,29 @@ class _Rewriter:
                 q = q.from_(source) if j == 0 else q.join(source, join_type="cross")
             items.append(exp.Star())
             return q.select(*items)
-        union: exp.Query | None = None
-        for alias, _ in parts:
-            part = exp.select(*[_col(k) for k in self.keys]).from_(
-                alias if alias != "__dp_m" else main.subquery("__dp_m"))  # type: ignore[union-attr]
-            union = part if union is None else exp.union(union, part, distinct=True)
-        assert union is not None
-        q = exp.select().from_(union.subquery("__dp_all"))
-        items += [exp.column(k, "__dp_all", quoted=True) for k in self.keys]
-        for alias, source in parts:
+        if self.plan.partition_selection:
+            # Only the groups the per-unit sums kept (at most L0 per unit) can be
+            # selected: the other parts are joined onto those, so one unit in many
+            # groups cannot make the engine return (and Python read) a row for each.
+            assert main is not None
+            base = "__dp_m"
+            q = exp.select().from_(main.subquery("__dp_m"))
+            joined = parts[1:]
+        else:
+            union: exp.Query | None = None
+            for alias, source in parts:
+                part = exp.select(*[_col(k) for k in self.keys]).from_(
+                    source.copy() if alias == "__dp_m" else alias)
+                union = part if union is None else exp.union(union, part, distinct=True)
+            assert union is not None
+            base = "__dp_all"
+            q = exp.select().from_(union.subquery("__dp_all"))
+            joined = parts
+        items += [exp.column(k, base, quoted=True) for k in self.keys]
+        for alias, source in joined:
             if isinstance(source, exp.Table):
                 source = exp.alias_(source, alias, table=True)
-            on = exp.and_(*[exp.NullSafeEQ(this=exp.column(k, "__dp_all", quoted=True),
+            on = exp.and_(*[exp.NullSafeEQ(this=exp.column(k, base, quoted=True),
                                            expression=exp.column(k, alias, quoted=True))
                             for k in self.keys])
             q = q.join(source, on=on, join_type="left")
@@ -478,6 +497,20 @@ class _Rewriter:
         if self.keys:
             q = q.group_by(*[_col(k) for k in self.keys])
         return q
+
+
+def _in_domain(key: KeySpec) -> exp.Expr:
+    """``key IN (domain)``, and ``OR key IS NULL`` when NULL is a public value of the key
+    (``x IN (..., NULL)`` would never hold)."""
+    assert key.domain is not None
+    values = [typed_literal(v, key.type) for v in key.domain if v is not None]
+    engine = key.engine if isinstance(key.engine, exp.Column | exp.Func | exp.Paren) else \
+        exp.Paren(this=key.engine)  # `c IS NULL IN (...)` would parse otherwise
+    in_values = exp.In(this=engine.copy(), expressions=values)
+    if None not in key.domain:
+        return in_values  # an empty domain keeps no row
+    is_null = exp.Is(this=engine.copy(), expression=exp.Null())
+    return exp.Paren(this=exp.or_(in_values, is_null)) if values else is_null
 
 
 def _star(table: str) -> exp.Column:

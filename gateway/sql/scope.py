@@ -96,6 +96,9 @@ class Scope:
     # Protected relations that meet another protected relation: each is cut to
     # max_rows_per_unit rows per unit before the join.
     truncated: tuple[Relation, ...] = ()
+    # Columns merged by JOIN ... USING (inner or left joins): an unqualified reference
+    # names the left relation's column, as in PostgreSQL (equal on inner joins).
+    merged: dict[str, str] = field(default_factory=dict)  # lower name -> relation alias
 
     @property
     def protected(self) -> bool:
@@ -119,6 +122,8 @@ class Scope:
         hits = [(r, r.column(name)) for r in self.relations.values() if r.column(name)]
         if not hits:
             raise _unknown_column(col, sql, None, self)
+        if len(hits) > 1 and name in self.merged:
+            hits = [h for h in hits if h[0].alias == self.merged[name]]
         if len(hits) > 1:
             raise QueryRejected(
                 f"column {col.name!r} is ambiguous (in {', '.join(r.alias for r, _ in hits)})",
@@ -220,6 +225,16 @@ def join_scope(relations: list[tuple[Relation, exp.Join | None]], sql: str) -> S
                                 span=span_of(join or rel.node or exp.Null(), sql))
         if rel.protected and protected:
             _check_unit_join(rel, protected, join, sql)
+        side = (join.side or "").upper() if join is not None else ""
+        for ident in (join.args.get("using") or []) if join is not None else []:
+            # The merged column is the left one on inner and left joins, the right one
+            # (every right row is kept) on right joins; FULL joins stay ambiguous.
+            name = ident.name.lower()
+            left = [r.alias for r in scope.relations.values() if r.column(name) is not None]
+            if left and side in ("", "LEFT"):
+                scope.merged.setdefault(name, left[0])
+            elif left and side == "RIGHT":
+                scope.merged[name] = rel.alias
         scope.relations[rel.alias] = rel
         if rel.protected:
             protected.append(rel)

@@ -226,7 +226,9 @@ class _Selector:
 
     def _public_values(self, info: ColInfo) -> list[Any] | None:
         if info.public_values is not None:
-            return list(info.public_values)
+            # A NULL public value is a group in queries; in training a NULL is already
+            # the "<other>" category, never a class or a one-hot column of its own.
+            return [v for v in info.public_values if v is not None]
         if info.values_from is not None:
             return self.ctx.domains.column_domain(info)
         return None

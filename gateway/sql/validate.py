@@ -87,6 +87,11 @@ SPREAD_FUNCTIONS: dict[str, type[exp.Expr]] = {
     "stddev": exp.Stddev,
 }
 
+# DuckDB's quantile spellings that other dialects' parsers leave as plain calls.
+QUANTILE_FUNCTIONS: dict[str, type[exp.Expr]] = {
+    "quantile_cont": exp.PercentileCont, "quantile_disc": exp.PercentileDisc,
+}
+
 # The alias a subquery in FROM without one is given (PostgreSQL's word for it); a
 # suffix keeps it apart from every name the query uses.
 UNNAMED_SUBQUERY = "unnamed_subquery"
@@ -152,7 +157,8 @@ def validate(tree: exp.Select, sql: str, table_names: TableNames | Iterable[str]
     """
     del dialect  # the same folding for every dialect the gateway reads
     names = TableNames.coerce(table_names)
-    tree = _name_subqueries(_spread_functions(_within_group_as_calls(tree.copy()), sql))
+    tree = _name_subqueries(_spread_functions(_within_group_as_calls(
+        _parenthesized_tables(tree.copy())), sql))
     cte_names = {cte.alias_or_name.lower() for cte in tree.find_all(exp.CTE)}
     for with_ in tree.find_all(exp.With):
         _check_with(with_, sql)
@@ -169,6 +175,13 @@ def _spread_functions(tree: exp.Select, sql: str) -> exp.Select:
     """VAR(x), STD(x), VARP(x), STDEVP(x), ... become the variance and standard
     deviation nodes the planner knows (:data:`SPREAD_FUNCTIONS`)."""
     for node in list(tree.find_all(exp.Anonymous)):
+        quantile = QUANTILE_FUNCTIONS.get(node.name.lower())
+        if quantile is not None and len(node.expressions) == 2:
+            # QUANTILE_CONT(x, p) as PostgreSQL-dialect text (the pgwire proxy) reads it.
+            new_q = quantile(this=node.expressions[0], expression=node.expressions[1])
+            new_q.meta.update(node.meta)
+            node.replace(new_q)
+            continue
         kind = SPREAD_FUNCTIONS.get(node.name.lower())
         if kind is None:
             continue
@@ -201,6 +214,22 @@ def _name_subqueries(tree: exp.Select) -> exp.Select:
 
 
 _QUANTILE_LISTS = (exp.PercentileCont, exp.PercentileDisc, exp.Quantile, exp.ApproxQuantile)
+
+
+def _parenthesized_tables(tree: exp.Select) -> exp.Select:
+    """``FROM (visits) AS v`` is the table itself (sqlglot reads it as a subquery)."""
+
+    def rewrite(node: exp.Expr) -> exp.Expr:
+        if isinstance(node, exp.Subquery) and isinstance(node.this, exp.Table) and \
+                not node.this.args.get("alias"):
+            table = node.this.copy()
+            alias = node.args.get("alias")
+            if alias is not None:
+                table.set("alias", alias.copy())
+            return table
+        return node
+
+    return tree.transform(rewrite)  # type: ignore[return-value]
 
 
 def _within_group_as_calls(tree: exp.Select) -> exp.Select:

@@ -28,8 +28,11 @@ log = logging.getLogger(__name__)
 # Stages of the rewrite that read only __dp_rows' cleaned values.
 AGGREGATING_STAGES = frozenset({"__dp_groups", "__dp_units", "__dp_joined", "__dp_kept",
                                 "__dp_contrib"})
-# The quantile stages (counts per bin, weights, arrays) read __dp_rows only, too.
-QUANTILE_STAGE = re.compile(r"__dp_q[a-z]\d+")
+# The later quantile and distinct-count stages (per-unit counts, weights, arrays,
+# pairs) aggregate what earlier stages made clean.  The binning stage __dp_qr<i>
+# computes row-level arithmetic and is checked like any row-level SELECT (its bin
+# is built inside the engine's guard).
+QUANTILE_STAGE = re.compile(r"__dp_q[a-qs-z]\d+")
 
 # Kinds that cannot raise when their operands are total and typed alike (the typer
 # rejects mismatched operands before this runs).

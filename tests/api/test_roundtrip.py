@@ -27,8 +27,8 @@ def test_query_round_trip_then_cached_free(live: Live) -> None:
         r = c.post("/v1/query", json={"sql": sql, "epsilon": 0.25})
         assert r.status_code == 200 and r.headers["content-type"] == "application/json"
         body = r.json()
-        assert set(body) == {"query_id", "columns", "rows", "epsilon_spent", "delta_spent",
-                             "budget", "accuracy", "cached"}
+        assert set(body) == {"query_id", "columns", "rows", "ci95", "epsilon_spent",
+                             "delta_spent", "budget", "accuracy", "cached", "notes"}
         assert body["columns"] == [{"name": "device", "type": "text"},
                                    {"name": "n", "type": "int"}]
         assert sorted(row[0] for row in body["rows"]) == ["desktop", "mobile", "tablet", "tv"]

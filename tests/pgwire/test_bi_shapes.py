@@ -63,3 +63,11 @@ def test_approx_quantiles_arrive_as_a_float_array(dsn: str) -> None:
         (q,) = cur.fetchone()
         assert cur.description[0].type_code == 1022  # float8[]
     assert isinstance(q, list) and len(q) == 5 and q == sorted(q)
+
+
+def test_duckdb_quantile_spellings_over_the_wire(dsn: str) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        row = conn.execute("SELECT QUANTILE_CONT(amount, 0.5), QUANTILE_DISC(amount, 0.9), "
+                           "MEDIAN(amount), QUANTILE_CONT(amount, [0.1, 0.9]) FROM visits"
+                           ).fetchone()
+    assert all(v is not None for v in row) and len(row[3]) == 2

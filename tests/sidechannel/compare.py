@@ -2,9 +2,10 @@
 
 The observable outcome of a query is its class (answer, or error code), the
 rejection text (planning sees no data, so it must match word for word), the
-ε/δ charged, the result's column names and types, whether it finished within
-the time limit, and — when every group key has a public domain and nothing
-noisy filters the rows — the exact set of released keys.  Only the noisy
+ε/δ charged, the result's column names and types, its notes (e.g. that groups
+were chosen by partition selection), whether it finished within the time
+limit, and — when every group key has a public domain released in full and
+nothing noisy filters the rows — the exact set of released keys.  Only the noisy
 numbers themselves may differ; everything else must be a function of the SQL
 and the policy.
 """
@@ -40,6 +41,7 @@ class Outcome:
     seconds: float = 0.0
     log: str = ""  # what the gateway logged for the operator (the engine's error), shown only
     compare_rows: bool = False  # the row count is fixed by public domains (no noisy filter)
+    notes: tuple[str, ...] = ()  # the answer's notes (e.g. switched to partition selection)
 
     @property
     def accepted(self) -> bool:
@@ -102,12 +104,22 @@ def _run(gw: Gateway, sql: str, epsilon: float, delta: float, mechanism: str, n_
          keys_public: bool, start: float) -> Outcome:
     r = gw.query(sql, analyst=ANALYST, epsilon=epsilon, delta=delta, mechanism=mechanism)
     seconds = time.perf_counter() - start
+    # Public keys whose domains multiply past limits.max_public_groups are chosen by
+    # partition selection instead (the plan says so: a function of SQL and policy only).
+    keys_public = keys_public and all(p.too_many_groups is None for p in _plans(gw, sql))
     keys = None
     if keys_public and n_keys:
         keys = frozenset(tuple(row[:n_keys]) for row in r.rows)
     return Outcome("ok", "", r.epsilon_spent, r.delta_spent,
                    tuple((c.name, c.type) for c in r.columns), keys, len(r.rows),
-                   r.rows[0] if r.rows else None, seconds, compare_rows=keys_public)
+                   r.rows[0] if r.rows else None, seconds, compare_rows=keys_public,
+                   notes=tuple(r.notes))
+
+
+def _plans(gw: Gateway, sql: str) -> list[Any]:
+    """The plan of ``sql``, or of each SELECT of a compound statement (UNION ALL, ...)."""
+    compound = gw.compounds.plan(sql)
+    return [b.plan for b in compound.branches] if compound is not None else [gw.plan(sql)]
 
 
 def differences(a: Outcome, b: Outcome) -> list[str]:
@@ -134,6 +146,8 @@ def differences(a: Outcome, b: Outcome) -> list[str]:
         # An empty result has untyped columns; with partition selection whether any
         # group is released is decided by noise, so only like is compared with like.
         out.append("column types")
+    if a.notes != b.notes:
+        out.append("notes")
     if a.keys != b.keys:
         out.append("released public keys")
     elif a.compare_rows and b.compare_rows and a.rows != b.rows:

@@ -34,6 +34,10 @@ TIMEOUT_S = 3.0
 # columns' values (gateway/sql/domains.py), which costs about 0.1 ms per combination:
 # a cap keeps planning fast.  i (2001 values) is then bounded but not enumerable.
 MAX_GROUPS = 1500
+# Keys whose public domains multiply to more rows than this are released by partition
+# selection instead (limits.max_public_groups): d alone (1277 days) is released in full,
+# k × cat × code × b (2400) is not.
+MAX_PUBLIC_GROUPS = 1300
 
 I_BOUNDS = (-1000, 1000)
 K_BOUNDS = (0, 9)
@@ -95,7 +99,7 @@ COLUMNS: dict[str, dict[str, dict[str, Any]]] = {
         "uid": {"type": "int", "role": "privacy_unit"},
         "x": {"type": "float", "bounds": list(X_BOUNDS)},
         "j": {"type": "int", "bounds": list(J_BOUNDS)},
-        "tag": {"type": "text", "public_values": TAGS},
+        "tag": {"type": "text", "public_values": [*TAGS, None]},  # NULL: a group too
         "e": {"type": "date", "bounds": list(E_BOUNDS)},
         "s": {"type": "text"},
     },
@@ -217,7 +221,8 @@ def policy_dict(paths: dict[str, Path]) -> dict[str, Any]:
         "budget": {"dataset": {"epsilon": 1e15, "delta": 0.5},
                    "per_analyst": {"epsilon": 1e15, "delta": 0.5}},
         "defaults": {"epsilon": 1.0, "delta": 1e-6, "mechanism": "laplace"},
-        "limits": {"query_timeout_s": TIMEOUT_S, "max_groups": MAX_GROUPS},
+        "limits": {"query_timeout_s": TIMEOUT_S, "max_groups": MAX_GROUPS,
+                   "max_public_groups": MAX_PUBLIC_GROUPS},
     }
 
 

@@ -12,7 +12,9 @@ protected tables on the unit (ON, USING, through a subquery that renames the
 unit, and through derived tables whose renamed columns make USING equate other
 columns); CTEs and subqueries in FROM.  Kinds: plain aggregates, GROUP BY with
 aggregates (HAVING, ORDER BY, LIMIT), SELECT DISTINCT and GROUP BY without
-aggregates, aggregates only in HAVING / ORDER BY, and wrappers around a DP query.
+aggregates, aggregates only in HAVING / ORDER BY, and wrappers around a DP query;
+grouping by a key whose public values include NULL, and public keys whose domains
+multiply past ``limits.max_public_groups`` (partition selection with δ, refused without).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ class Query:
     n_keys: int  # the first n_keys output columns are group keys
     keys_public: bool  # released key set and row count must match on D and D′
     mechanism: str
+    delta: float = 1e-6
 
 
 @dataclass(frozen=True)
@@ -183,8 +186,85 @@ def source(rng: random.Random) -> Source:
                   "renamed-using")
 
 
+def null_key_query(rng: random.Random) -> Query:
+    """Group by t2.tag, whose public values include NULL: the NULL group is released on
+    D (empty, a noisy 0) and on D′ (the victim's NULL tags) alike."""
+    key = rng.choice(["tag", "tag", "COALESCE(tag, 'none')", "UPPER(tag)", "tag IS NULL",
+                      "CASE WHEN tag = 'p' THEN 'x' END"])
+    aggs = ", ".join(f"{Gen(rng, table_cols('t2')).aggregate()} AS a{i}"
+                     for i in range(rng.randint(1, 2)))
+    gate = _gate("t2.uid", rng)
+    table = _name(rng, "t2")
+    mechanism = "gaussian" if rng.random() < 0.25 else "laplace"
+    if rng.random() < 0.2:
+        sql = f"SELECT DISTINCT {key} AS k0 FROM {table} WHERE {gate}"
+    else:
+        sql = f"SELECT {key} AS k0, {aggs} FROM {table} WHERE {gate} GROUP BY 1"
+        if rng.random() < 0.3:
+            sql = f"SELECT * FROM ({sql}) w"
+    return Query(sql, "t2|null_key", 1, True, mechanism)
+
+
+def many_groups_query(rng: random.Random) -> Query:
+    """Public keys whose domains multiply past limits.max_public_groups: with δ > 0 the
+    groups are chosen by partition selection (noted, charged δ), with δ = 0 refused —
+    on D and D′ alike."""
+    keys = rng.choice([["t.k", "t.cat", "t.code", "t.b"], ["t.d", "t.cat"],
+                       ["t.code", "t.k", "t.cat", "(t.k + 1)"], ["t.d", "t.b"]])
+    items = ", ".join(f"{k} AS k{i}" for i, k in enumerate(keys))
+    group = ", ".join(str(i + 1) for i in range(len(keys)))
+    agg = Gen(rng, table_cols("t")).aggregate()
+    delta = rng.choice([1e-6, 1e-6, 0.0])
+    mechanism = "gaussian" if delta and rng.random() < 0.25 else "laplace"
+    sql = (f"SELECT {items}, COUNT(*) AS a0, {agg} AS a1 FROM {_name(rng, 't')} "
+           f"WHERE {_gate('t.uid', rng)} GROUP BY {group}")
+    return Query(sql, "t|many_groups", len(keys), True, mechanism, delta)
+
+
+def union_query(rng: random.Random) -> Query:
+    """Several gated DP SELECTs in one statement (UNION ALL mostly; UNION, INTERSECT,
+    EXCEPT), ORDER BY / LIMIT over them: planned branch by branch, charged once.  The
+    branches' key types may differ (refused at planning, on D and D′ alike)."""
+    n_keys, n_aggs = rng.choice([0, 0, 1]), rng.randint(1, 2)
+    mechanism = "gaussian" if rng.random() < 0.25 else "laplace"
+    parts, labels, public = [], [], True
+    for b in range(rng.randint(2, 3)):
+        if rng.random() < 0.5:  # every SELECT must be accepted for the statement to run
+            table = rng.choice(["t", "t", "t2"])
+            src = Source("", _name(rng, table), table_cols(table), _gate(f"{table}.uid", rng),
+                         table)
+        else:
+            src = source(rng)
+        g = Gen(rng, src.cols)
+        conds = [src.gate] if src.gate else []
+        if rng.random() < 0.5:
+            conds.append(g.pred(2))
+        where = f" WHERE {' AND '.join(conds)}" if conds else ""
+        keys = [g.key() for _ in range(n_keys)]
+        public = public and all(k.public for k in keys)
+        items = [f"{k.sql} AS k{i}" for i, k in enumerate(keys)]
+        items += [f"{g.aggregate()} AS a{i}" for i in range(n_aggs)] + [f"'b{b}' AS part"]
+        group = " GROUP BY " + ", ".join(str(i + 1) for i in range(n_keys)) if keys else ""
+        body = f"{src.with_}SELECT {', '.join(items)} FROM {src.from_}{where}{group}"
+        parts.append(f"({body})" if src.with_ or rng.random() < 0.2 else body)
+        labels.append(src.label)
+    op = rng.choice(["UNION ALL", "UNION ALL", "UNION ALL", "UNION", "INTERSECT", "EXCEPT"])
+    tail = rng.choice(["", "", " ORDER BY 1", " ORDER BY a0 DESC LIMIT 4", " LIMIT 2"])
+    sql = f" {op} ".join(parts) + tail
+    comparable = public and op == "UNION ALL" and "LIMIT" not in tail
+    return Query(sql, f"{op.lower()}({', '.join(labels)})", n_keys, comparable, mechanism)
+
+
 def query(rng: random.Random) -> Query:
-    """One gated query: aggregates, keys, DISTINCT, HAVING/ORDER BY, wrappers."""
+    """One gated query: aggregates, keys, DISTINCT, HAVING/ORDER BY, wrappers, and
+    several of them in one statement (UNION ALL & co)."""
+    special = rng.random()
+    if special < 0.05:
+        return null_key_query(rng)
+    if special < 0.09:
+        return many_groups_query(rng)
+    if special < 0.16:
+        return union_query(rng)
     src = source(rng)
     g = Gen(rng, src.cols)
     conds = [src.gate] if src.gate else []

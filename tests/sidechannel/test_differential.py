@@ -38,8 +38,9 @@ def test_generated_queries_look_alike_on_neighbouring_datasets(
     mismatches: list[Mismatch] = []
     accepted = 0
     for q in queries(SEED + chunk, count):
-        on_d, on_d_prime = (run(gw, q.sql, mechanism=q.mechanism, n_keys=q.n_keys,
-                                keys_public=q.keys_public) for gw in (pair.d, pair.d_prime))
+        on_d, on_d_prime = (run(gw, q.sql, mechanism=q.mechanism, delta=q.delta,
+                                n_keys=q.n_keys, keys_public=q.keys_public)
+                            for gw in (pair.d, pair.d_prime))
         accepted += on_d.accepted
         reasons = differences(on_d, on_d_prime)
         if reasons:

@@ -21,7 +21,7 @@ from gateway import Gateway
 from gateway.errors import PolicyError, QueryRejected
 from gateway.sql.parse import parse
 from tests.sql.test_names import DEVICES, census_policy
-from tests.support import write_policy
+from tests.support import web_policy, write_policy
 
 HUGE = 1e7  # noise negligible: released values are the bounded truth
 
@@ -240,3 +240,27 @@ def test_a_csv_value_that_does_not_fit_the_declared_type_fails_at_load(tmp_path:
     with pytest.raises(PolicyError) as err:
         Gateway.open(path, state=tmp_path / "state.db")
     assert "tables.n" in str(err.value)
+
+
+def test_a_parenthesized_table_is_the_table(tmp_path: Path) -> None:
+    """``FROM (visits) AS v`` (SmartNoise's tests write it) is the table, not a subquery."""
+    with Gateway.open(web_policy(tmp_path), state=tmp_path / "s.db") as gw:
+        for sql in ["SELECT COUNT(*) FROM (web.visits) AS c", "SELECT COUNT(*) FROM (visits)",
+                    "SELECT v.device, COUNT(*) FROM (visits) v JOIN (countries) k "
+                    "ON v.country = k.country GROUP BY 1"]:
+            assert gw.query(sql, analyst="paren", epsilon=1.0).rows
+
+
+def test_a_column_merged_by_using_is_the_left_column(tmp_path: Path) -> None:
+    """After ``JOIN countries USING (country)`` an unqualified ``country`` is the merged
+    column (as in PostgreSQL); a FULL or RIGHT join leaves it ambiguous."""
+    with Gateway.open(web_policy(tmp_path), state=tmp_path / "s.db") as gw:
+        r = gw.query("SELECT country, COUNT(*) AS n FROM visits JOIN countries USING (country) "
+                     "GROUP BY country", analyst="using", epsilon=1.0)
+        assert len(r.rows) == 33
+        r = gw.query("SELECT region, country, COUNT(*) FROM visits LEFT JOIN countries "
+                     "USING (country) GROUP BY region, country", analyst="using", epsilon=1.0)
+        assert r.rows
+        with pytest.raises(QueryRejected):
+            gw.query("SELECT country, COUNT(*) FROM visits FULL JOIN countries USING (country) "
+                     "GROUP BY country", analyst="using", epsilon=1.0)
