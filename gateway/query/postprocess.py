@@ -75,20 +75,8 @@ class PostProcessor:
         threaded = thread_rows(plan.post) if any(c.agg for c in cells) else None
         frame = to_frame(plan, table, row_id=threaded is not None)
         sql = (threaded or plan.post).sql(dialect="duckdb")
-        with self._lock:
-            cur = self._con.cursor()
-        try:
-            cur.register(NOISY_TABLE, frame)
-            res = cur.execute(sql)
-            desc = res.description or []
-            rows = res.fetchall()
-        except duckdb.Error as e:
-            raise BackendError(
-                "post-processing of the noisy result failed",
-                hint=f"check the arithmetic in SELECT/HAVING/ORDER BY ({type(e).__name__})",
-            ) from None
-        finally:
-            cur.close()
+        desc, rows = self._execute(sql, {NOISY_TABLE: frame},
+                                   "check the arithmetic in SELECT/HAVING/ORDER BY")
         hidden = [i for i, d in enumerate(desc) if d[0] == ROW_ID] if threaded else []
         ids = row_ids([r[hidden[0]] for r in rows]) if hidden else [None] * len(rows)
         if hidden:
@@ -101,6 +89,23 @@ class PostProcessor:
             noisy = tuple(c.noisy for c in cells)
         return Released(columns, [tuple(_clean(v) for v in row) for row in rows],
                         cell_half_widths(cells, table, ids), noisy)
+
+    def _execute(self, sql: str, frames: dict[str, pd.DataFrame], hint: str
+                 ) -> tuple[list[Any], list[tuple[Any, ...]]]:
+        """Run ``sql`` over ``frames`` alone on a cursor of the scratch connection; a
+        failure is a BackendError that names no value (the frames hold noisy ones)."""
+        with self._lock:
+            cur = self._con.cursor()
+        try:
+            for name, frame in frames.items():
+                cur.register(name, frame)
+            res = cur.execute(sql)
+            return list(res.description or []), res.fetchall()
+        except duckdb.Error as e:
+            raise BackendError("post-processing of the noisy result failed",
+                               hint=f"{hint} ({type(e).__name__})") from None
+        finally:
+            cur.close()
 
     def run_public(self, rows: list[tuple[Any, ...]], names: list[str], types: list[str]
                    ) -> tuple[list[Column], list[tuple[Any, ...]]]:
@@ -123,21 +128,8 @@ class PostProcessor:
                 ) -> tuple[list[Column], list[tuple[Any, ...]]]:
         """``sql`` over ``frames`` (registered under their names) and nothing else: the
         combination of noisy results (:mod:`gateway.query.compound`)."""
-        with self._lock:
-            cur = self._con.cursor()
-        try:
-            for name, frame in frames.items():
-                cur.register(name, frame)
-            res = cur.execute(sql)
-            desc = res.description or []
-            rows = res.fetchall()
-        except duckdb.Error as e:
-            raise BackendError(
-                "post-processing of the noisy result failed",
-                hint=f"check the ORDER BY / LIMIT over the noisy results ({type(e).__name__})",
-            ) from None
-        finally:
-            cur.close()
+        desc, rows = self._execute(sql, frames, "check the ORDER BY / LIMIT over the noisy "
+                                   "results")
         return ([Column(d[0], policy_type(str(d[1]))) for d in desc],
                 [tuple(_clean(v) for v in row) for row in rows])
 
