@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run demo test test-fast lint bench clean
+.PHONY: run demo test test-fast lint bench compare clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,13 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_http.py
 	$(BIN)/python bench/bench_pgwire.py
 	$(BIN)/python bench/bench_train.py
+
+# docs/accuracy.md and docs/accuracy/*.png: the gateway against SmartNoise SQL and exact
+# DuckDB (bench/compare.py, a few minutes). The compare extra pins smartnoise-sql, which
+# needs pandas < 3: it moves pandas back to 2.x in .venv.
+compare: $(STAMP)
+	$(BIN)/pip install --quiet -e '.[compare]'
+	$(BIN)/python bench/compare.py
 
 clean:
 	rm -rf $(VENV) .gateway .pytest_cache .mypy_cache .ruff_cache

@@ -58,7 +58,12 @@ class EngineSpec(_Strict):
 class ColumnSpec(_Strict):
     type: ColumnType
     role: Literal["identifier", "privacy_unit"] | None = None
-    bounds: tuple[Any, Any] | None = None
+    # [low, high], or `auto`: each query tunes the range of its sums and means over the
+    # column privately, inside the hard `limits` (gateway/query/tuning.py).
+    bounds: tuple[Any, Any] | Literal["auto"] | None = None
+    limits: tuple[Any, Any] | None = Field(
+        default=None, description="with `bounds: auto`: the hard range [low, high] a tuned "
+        "range stays inside (and what planning assumes)")
     public_values: tuple[Any, ...] | None = None
     public_values_from: str | None = Field(
         default=None, description="`table.column` of a public table whose values are public"
@@ -70,7 +75,21 @@ class ColumnSpec(_Strict):
 
     @model_validator(mode="after")
     def _check(self) -> ColumnSpec:
-        if self.bounds is not None:
+        if self.bounds == "auto":
+            if self.type not in ("int", "float"):
+                raise ValueError(f"`bounds: auto` is for int and float columns, not "
+                                 f"{self.type}; give [low, high] instead")
+            if self.limits is None:
+                raise ValueError("`bounds: auto` needs `limits: [low, high]`, the hard range "
+                                 "a tuned range must stay inside")
+            lo, hi = (_coerce_bound(self.type, b) for b in self.limits)
+            if lo > hi:
+                raise ValueError(f"lower limit {self.limits[0]} is above upper limit "
+                                 f"{self.limits[1]}; write limits as [low, high]")
+            object.__setattr__(self, "limits", (lo, hi))
+        elif self.limits is not None:
+            raise ValueError("`limits` goes with `bounds: auto`; with fixed bounds remove it")
+        elif self.bounds is not None:
             if self.type in ("text", "bool"):
                 raise ValueError(
                     f"bounds are only meaningful for int, float, date and timestamp columns, "
@@ -102,11 +121,23 @@ class ColumnSpec(_Strict):
         return self
 
     @property
+    def auto_bounds(self) -> bool:
+        return self.bounds == "auto"
+
+    @property
+    def planning_bounds(self) -> tuple[Any, Any] | None:
+        """What planning assumes: the bounds, or for `auto` the hard limits."""
+        if self.bounds == "auto":
+            return self.limits
+        return self.bounds
+
+    @property
     def numeric_bounds(self) -> tuple[float, float] | None:
         """Bounds as floats (dates as days since epoch), for interval arithmetic."""
-        if self.bounds is None:
+        b = self.planning_bounds
+        if b is None:
             return None
-        return (_as_number(self.bounds[0]), _as_number(self.bounds[1]))
+        return (_as_number(b[0]), _as_number(b[1]))
 
 
 def _as_number(v: Any) -> float:
@@ -161,6 +192,14 @@ def _coerce_value(kind: str, v: Any) -> Any:
 _RESERVED_SCHEMAS = frozenset({"pg_catalog", "information_schema", "pg_toast"})
 
 
+class AutoBound(_Strict):
+    """``{auto: true, max: 500}``: the bound is tuned privately for each query, at most
+    ``max`` (gateway/query/tuning.py); ``max`` is the hard ceiling the operator allows."""
+
+    auto: Literal[True]
+    max: int = Field(ge=1, le=1_000_000)
+
+
 class TableSpec(_Strict):
     source: str
     # `schema: NAME`: queries may also write NAME.table (public., main. and the dataset
@@ -171,9 +210,32 @@ class TableSpec(_Strict):
         description="a schema queries may qualify the table with (NAME.table)")
     public: bool = False
     privacy_unit: str | None = None
-    max_rows_per_unit: int = Field(default=1, ge=1, le=1_000_000)
+    max_rows_per_unit: int | AutoBound = Field(
+        default=1, description="rows one unit may contribute to a query, or {auto: true, "
+        "max: N}: tuned privately per query up to N")
     max_groups_per_unit: int = Field(default=1, ge=1, le=100_000)
     columns: dict[str, ColumnSpec] = Field(default_factory=dict)
+
+    @field_validator("max_rows_per_unit")
+    @classmethod
+    def _rows_range(cls, v: int | AutoBound) -> int | AutoBound:
+        if isinstance(v, int) and v < 1:
+            raise ValueError("max_rows_per_unit must be at least 1: use a larger number "
+                             "(or {auto: true, max: N} to have it tuned per query)")
+        if isinstance(v, int) and v > 1_000_000:
+            raise ValueError("max_rows_per_unit must be at most 1000000: use a smaller "
+                             "number (or {auto: true, max: N} to have it tuned per query)")
+        return v
+
+    @property
+    def rows_ceiling(self) -> int:
+        """The largest M any query over this table may use (the fixed bound, or auto's max)."""
+        m = self.max_rows_per_unit
+        return m.max if isinstance(m, AutoBound) else m
+
+    @property
+    def rows_auto(self) -> bool:
+        return isinstance(self.max_rows_per_unit, AutoBound)
 
     @model_validator(mode="after")
     def _check(self) -> TableSpec:
@@ -264,6 +326,9 @@ class Limits(_Strict):
         "keys may release (their product); beyond it groups are chosen by DP partition "
         "selection (needs delta > 0)"
     )
+    tuning_epsilon_share: float = Field(
+        default=0.1, gt=0, le=0.5, description="share of a query's epsilon spent on tuning "
+        "its `auto` contribution bounds (a DP histogram of per-unit contributions)")
 
 
 class PolicyModel(_Strict):

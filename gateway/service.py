@@ -31,12 +31,12 @@ from sqlglot import exp
 from gateway.engine import SourceTable, open_executor
 from gateway.errors import AuthError, GatewayError, InternalError, InvalidRequest, QueryRejected
 from gateway.policy import Policy, load_policy
-from gateway.privacy.partition_selection import threshold_summary
 from gateway.privacy.random import RandomSource, SecureRandom
+from gateway.query import accuracy_first
 from gateway.query.cells import noisy_columns, output_cells
 from gateway.query.compound import Compounds
-from gateway.query.noise import Calibration, calibrate, check_budget_request
-from gateway.query.perturb import finish, from_domains, perturb
+from gateway.query.noise import Calibration, check_budget_request
+from gateway.query.perturb import NoisyStats, finish, from_domains, perturb
 from gateway.query.postprocess import PostProcessor, Released, select_targets
 from gateway.query.prepared import LRU, Prepared, answer_key
 from gateway.query.results import (
@@ -45,6 +45,16 @@ from gateway.query.results import (
     QueryResult,
     decode_release,
     encode_release,
+)
+from gateway.query.tuning import (
+    TunedCalibration,
+    calibrate_query,
+    choose,
+    explain_tuning,
+    histogram_query,
+    noisy_histogram,
+    tuned_note,
+    tuned_plan,
 )
 from gateway.sql.analyze import ROW_ID, Context, analyze
 from gateway.sql.domains import DomainFinder
@@ -95,11 +105,11 @@ class Gateway:
         self._tables = policy.names  # how queries may name the tables
         self._plans: LRU[tuple[str, str], Plan] = LRU(1024)
         self._prepared: LRU[tuple[str, str, float, float, str], Prepared] = LRU(1024)
-        self._rewrites: LRU[tuple[str, str, tuple[Any, ...]], tuple[exp.Expr, str, bool]] = \
-            LRU(1024)
+        # (dialect, sql, grids[, tuned M]) -> the bounded query
+        self._rewrites: LRU[tuple[Any, ...], tuple[exp.Expr, str, bool]] = LRU(1024)
         self._answers: LRU[str, str] = LRU(256)
-        self._released: LRU[tuple[str, str, float, float, str], tuple[Released, Any]] = \
-            LRU(256)
+        self._released: LRU[tuple[str, str, float, float, str],
+                            tuple[Released, Any, list[str]]] = LRU(256)
         self.compounds = Compounds(self)  # UNION ALL & co: several DP results, one charge
         self._closed = threading.Event()
         self._training_service: TrainingService | None = None
@@ -193,14 +203,22 @@ class Gateway:
 
     def query(self, sql: str, analyst: str | None = None, epsilon: float | None = None,
               delta: float | None = None, mechanism: str | None = None, *,
-              dialect: str = "duckdb") -> QueryResult:
+              dialect: str = "duckdb", ci95: float | None = None,
+              accuracy: float | None = None) -> QueryResult:
         who = self.ledger.ensure_analyst(analyst or LOCAL_ANALYST)
-        return self.query_as(who, sql, epsilon, delta, mechanism, dialect=dialect)
+        return self.query_as(who, sql, epsilon, delta, mechanism, dialect=dialect, ci95=ci95,
+                             accuracy=accuracy)
 
     def query_as(self, who: Analyst, sql: str, epsilon: float | None = None,
                  delta: float | None = None, mechanism: str | None = None, *,
-                 dialect: str = "duckdb") -> QueryResult:
-        """Answer ``sql`` for an authenticated analyst (adapters call this)."""
+                 dialect: str = "duckdb", ci95: float | None = None,
+                 accuracy: float | None = None) -> QueryResult:
+        """Answer ``sql`` for an authenticated analyst (adapters call this).  ``ci95``
+        (alias ``accuracy``) instead of ``epsilon``: the smallest ε whose predicted 95%
+        half-width meets it in every noisy column (gateway/query/accuracy_first.py)."""
+        if ci95 is not None or accuracy is not None:
+            return accuracy_first.query(self, who, sql, ci95, accuracy, epsilon, delta,
+                                        mechanism, dialect=dialect)
         query_id = uuid.uuid4().hex
         try:
             eps, dlt, mech = self._request(epsilon, delta, mechanism)
@@ -247,7 +265,7 @@ class Gateway:
             text = self.executor.render(plan.public_query)
             return self._prepared.put(key, Prepared(key, plan, None, plan.public_query, text,
                                                     None, False))
-        cal = calibrate(plan, epsilon, delta, mechanism)
+        cal = self._calibrate(plan, epsilon, delta, mechanism)
         # The rewrite depends on ε only through the grids (powers of two), so nearby
         # epsilons share it.
         grids = tuple(sorted((n, g.step, g.integral) for n, g in cal.grids.items()))
@@ -256,6 +274,12 @@ class Gateway:
         prep = Prepared(key, plan, cal, tree, rewritten,
                         answer_key(self.policy.version, rewritten, cal), salted)
         return self._prepared.put(key, prep)
+
+    def _calibrate(self, plan: Plan, epsilon: float, delta: float, mechanism: str
+                   ) -> Calibration:
+        """Noise for every statistic, with a share of ε for tuning an `auto` bound."""
+        return calibrate_query(plan, epsilon, delta, mechanism,
+                               self.policy.model.limits.tuning_epsilon_share)
 
     def _rewrite(self, plan: Plan, cal: Calibration) -> tuple[exp.Expr, str, bool]:
         tree = rewrite(plan, cal.grids, self.executor)
@@ -282,16 +306,41 @@ class Gateway:
         released = self._released.get(prep.key)
         if released is None:
             release = from_domains(plan) if stored is None else decode_release(stored)
-            table = finish(plan, cal, release)
-            out = self.post.run(plan, table)
-            accuracy = self._accuracy(plan, cal, table, [c.name for c in out.columns])
-            released = self._released.put(prep.key, (out, accuracy))
-        out, accuracy = released
+            released = self._released.put(prep.key, self.finish_release(prep, release))
+        out, accuracy, notes = released
         spent = (cal.epsilon, cal.delta) if charged else (0.0, 0.0)
         return QueryResult(query_id, out.columns, list(out.rows), spent[0], spent[1],
                            list(accuracy), not charged and not prep.from_domains,
-                           self._remaining(who), list(out.ci95), out.noisy,
-                           [*plan.notes, *_cell_notes(plan, out)])
+                           self._remaining(who), list(out.ci95), out.noisy, list(notes))
+
+    def finish_release(self, prep: Prepared, release: NoisyStats
+                       ) -> tuple[Released, list[Accuracy], list[str]]:
+        """The analyst's answer from a release (post-processing only): aggregates, the
+        post query, per-column accuracy and the notes (with any tuned bounds)."""
+        plan, cal = prep.plan, prep.cal
+        used_plan, used_cal = self.release_calibration(prep, release)
+        table = finish(used_plan, used_cal, release)
+        out = self.post.run(used_plan, table)
+        accuracy = self._accuracy(used_plan, used_cal, table, [c.name for c in out.columns])
+        notes = [*plan.notes, *_cell_notes(plan, out)]
+        if release.tuned:
+            assert isinstance(cal, TunedCalibration)
+            notes.append(tuned_note(plan, cal, (release.tuned["max_rows_per_unit"],
+                                                release.tuned.get("range_cut", 0))))
+        return out, accuracy, notes
+
+    @staticmethod
+    def release_calibration(prep: Prepared, release: NoisyStats) -> tuple[Plan, Calibration]:
+        """The plan and noise a release was made with: for a tuned bound, those of the M
+        the release records (its aggregates and intervals are computed from them)."""
+        cal = prep.cal
+        assert cal is not None
+        if not release.tuned or not isinstance(cal, TunedCalibration):
+            return prep.plan, cal
+        choice = (release.tuned["max_rows_per_unit"], release.tuned.get("range_cut", 0))
+        noise = cal.at(choice)
+        assert noise is not None  # it was chosen among the allowed ones
+        return tuned_plan(prep.plan, choice), noise
 
     def _stored_release(self, prep: Prepared, who: Analyst, query_id: str
                         ) -> tuple[str, bool]:
@@ -331,10 +380,37 @@ class Gateway:
         # A fresh secret salt per execution for the keyed hashes that pick each
         # unit's groups and, before joins of protected tables, rows.
         params = {SALT: secrets.randbits(62)} if prep.salted else None
-        result = self.executor.execute(
-            prep.tree, permit=permit, params=params,
-            timeout_s=self.policy.model.limits.query_timeout_s, sql=prep.sql)
+        timeout = self.policy.model.limits.query_timeout_s
+        if isinstance(cal, TunedCalibration):
+            return self._tuned_release(prep, cal, permit, params, timeout)
+        result = self.executor.execute(prep.tree, permit=permit, params=params,
+                                       timeout_s=timeout, sql=prep.sql)
         return encode_release(perturb(prep.plan, cal, result, self._rng))
+
+    def _tuned_release(self, prep: Prepared, cal: TunedCalibration, permit: Reservation,
+                       params: dict[str, Any] | None, timeout: float) -> str:
+        """Tune M on a DP histogram of rows per unit, then run the query at that M (both
+        under the one charge already committed, which covers both)."""
+        assert cal.tuning is not None and isinstance(prep.tree, exp.Select)
+        hist_tree = histogram_query(prep.tree, cal.tuning)
+        hist_sql = self.executor.render(hist_tree)
+        self.executor.check(hist_tree, sql=hist_sql)
+        hist_salted = any(p.name == SALT for p in hist_tree.find_all(exp.Placeholder))
+        counts = self.executor.execute(hist_tree, permit=permit,
+                                       params=params if hist_salted else None,
+                                       timeout_s=timeout, sql=hist_sql)
+        choice = choose(cal, noisy_histogram(counts, cal.tuning, self._rng))
+        plan_m, cal_m = tuned_plan(prep.plan, choice), cal.at(choice)
+        assert cal_m is not None
+        grids = tuple(sorted((n, g.step, g.integral) for n, g in cal_m.grids.items()))
+        tree, sql, salted = self._rewrites.get_or(
+            (prep.key[0], prep.key[1], grids, choice), lambda: self._rewrite(plan_m, cal_m))
+        result = self.executor.execute(
+            tree, permit=permit, params={SALT: secrets.randbits(62)} if salted else None,
+            timeout_s=timeout, sql=sql)
+        release = perturb(plan_m, cal_m, result, self._rng)
+        return encode_release(replace(release, tuned={"max_rows_per_unit": choice[0],
+                                                      "range_cut": choice[1]}))
 
     def _accuracy(self, plan: Plan, cal: Calibration, table: Any | None,
                   names: list[str] | None) -> list[Accuracy]:
@@ -370,7 +446,11 @@ class Gateway:
         return [replace(base[inner], column=out) for out, inner in pairs]
 
     def explain(self, sql: str, epsilon: float | None = None, delta: float | None = None,
-                mechanism: str | None = None, *, dialect: str = "duckdb") -> Explanation:
+                mechanism: str | None = None, *, dialect: str = "duckdb",
+                ci95: float | None = None, accuracy: float | None = None) -> Explanation:
+        if ci95 is not None or accuracy is not None:  # accuracy-first, as query_as
+            return accuracy_first.explain(self, sql, ci95, accuracy, epsilon, delta,
+                                          mechanism, dialect=dialect)
         eps, dlt, mech = self._request(epsilon, delta, mechanism)
         compound = self.compounds.plan(sql, dialect)
         if compound is not None:
@@ -385,7 +465,7 @@ class Gateway:
         if plan.public_query is not None:
             return Explanation(self.executor.render(plan.public_query), [], None,
                                0.0, 0.0, [])
-        cal = calibrate(plan, eps, dlt, mech)
+        cal = self._calibrate(plan, eps, dlt, mech)
         tree = rewrite(plan, cal.grids, self.executor)
         aggregates = []
         for agg in plan.aggs:
@@ -412,18 +492,18 @@ class Gateway:
                             "epsilon": qn.epsilon, "rank_error95": qn.rank_error95})
             aggregates.append({"aggregate": agg.label, "function": agg.func,
                                "bounds": [agg.lo, agg.hi], "statistics": stats})
-        ps = None
-        if cal.partition is not None:
-            p = cal.partition
-            ps = {"mechanism": "truncated_geometric (Desfontaines et al. 2022)",
-                  "epsilon": p.epsilon, "delta": p.delta, "max_partitions": p.max_partitions,
-                  **threshold_summary(p.epsilon, p.delta, p.max_partitions)}
+        ps = None if cal.partition is None else cal.partition.explain()
         keys = [{"key": k.expr.sql(dialect="duckdb"),
                  "public_domain_size": None if k.domain is None else len(k.domain)}
                 for k in plan.keys]
         accuracy = self._accuracy(plan, cal, None, None)
+        notes, tuning = list(plan.notes), None
+        if isinstance(cal, TunedCalibration):
+            assert cal.tuning is not None
+            tuning, note = explain_tuning(plan, cal)
+            notes.append(note)
         return Explanation(self.executor.render(tree, pretty=True), aggregates, ps,
-                           cal.epsilon, cal.delta, accuracy, keys, list(plan.notes))
+                           cal.epsilon, cal.delta, accuracy, keys, notes, tuning=tuning)
 
     # -- analysts and budgets ---------------------------------------------------------
 
@@ -494,7 +574,11 @@ class Gateway:
                 entry: dict[str, Any] = {"name": cname, "type": c.type}
                 if c.role:
                     entry["role"] = c.role
-                if c.bounds is not None:
+                if c.auto_bounds:
+                    assert c.limits is not None
+                    entry["bounds"] = "auto"
+                    entry["limits"] = [_plain(b) for b in c.limits]
+                elif c.bounds is not None:
                     entry["bounds"] = [_plain(b) for b in c.bounds]
                 if c.public_values is not None:
                     entry["public_values"] = [_plain(v) for v in c.public_values]
@@ -507,7 +591,8 @@ class Gateway:
                     entry["public_values"] = [_plain(v) for v in values or []]
                 cols.append(entry)
             tables[name] = {"public": False, "privacy_unit": spec.privacy_unit,
-                            "max_rows_per_unit": spec.max_rows_per_unit,
+                            "max_rows_per_unit": spec.rows_ceiling,
+                            **({"max_rows_per_unit_auto": True} if spec.rows_auto else {}),
                             "max_groups_per_unit": spec.max_groups_per_unit, "columns": cols}
             if spec.schema_ is not None:
                 tables[name]["schema"] = spec.schema_

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 import warnings
 from collections.abc import Iterator
 from typing import Any
@@ -285,3 +286,65 @@ def test_async_client(live: tuple[str, dict[str, str]]) -> None:
 
     result, budget, schema = asyncio.run(go())
     assert result.rows and budget["analyst"] == "ann" and "visits" in schema["tables"]
+
+
+# -- accuracy-first (ci95 instead of epsilon) ---------------------------------------------------
+
+def test_accuracy_first_query_explain_and_cursor(live: tuple[str, dict[str, str]]) -> None:
+    url, keys = live
+    sql = "SELECT country, COUNT(*) AS n FROM visits WHERE age > {} GROUP BY country"
+    with connect(url, keys["ann"], epsilon=0.1) as conn:  # a default ε does not interfere
+        assert conn.explain(sql.format(20), ci95=50)["epsilon_cost"] == pytest.approx(1.21)
+        r = conn.query(sql.format(20), ci95=50)
+        assert r.target_ci95 == 50 and r.epsilon_spent == pytest.approx(1.21)
+        assert all(ci[1] <= 50 for ci in r.ci95) and "binding column 'n'" in r.notes[-1]
+        assert conn.query(sql.format(20), accuracy=50).cached  # the alias, the same ε
+        assert conn.query(sql.format(20), epsilon=0.1).target_ci95 is None
+        with pytest.raises(client.InvalidRequest, match="either epsilon or a target"):
+            conn.query(sql.format(21), epsilon=0.2, ci95=50)
+        with pytest.raises(client.ProgrammingError, match="same target"):
+            conn.query(sql.format(21), ci95=50, accuracy=40)
+        with pytest.raises(client.QueryRejected) as e:
+            conn.explain("SELECT MEDIAN(age) FROM visits", ci95=3)
+        assert e.value.problem["rule"] == "accuracy_target"
+        cur = conn.cursor()
+        assert cur.epsilon == 0.1 and cur.ci95 is None
+        cur.ci95 = 50
+        cur.execute(sql.format(22))
+        assert cur.result is not None and cur.result.target_ci95 == 50
+        assert cur.result.epsilon_spent == pytest.approx(1.21)
+        cur.epsilon = 0.2  # the later choice wins, as SET dp.epsilon over pgwire
+        assert cur.ci95 is None
+        cur.execute(sql.format(22))
+        assert cur.result.epsilon_spent == 0.2 and cur.result.target_ci95 is None
+        cur.ci95 = 50
+        cur.execute(sql.format(22))
+        assert cur.result.cached and cur.result.target_ci95 == 50
+        cur.ci95 = None  # back to epsilon = 0.2: cached too
+        cur.execute(sql.format(22))
+        assert cur.result.cached and cur.result.target_ci95 is None
+
+
+def test_accuracy_first_request_bodies() -> None:
+    transport, seen = scripted(httpx.Response(200, json={**OK, "target_ci95": 50}),
+                               httpx.Response(200, json=OK))
+    with connect("http://gw", "k", epsilon=0.3, delta=1e-7, transport=transport) as conn:
+        r = conn.query("SELECT COUNT(*) FROM visits", ci95=50)
+        assert r.target_ci95 == 50
+        conn.explain("SELECT COUNT(*) FROM visits", accuracy=25)
+    bodies = [json.loads(req.content) for req in seen]
+    assert bodies[0] == {"sql": "SELECT COUNT(*) FROM visits", "ci95": 50, "delta": 1e-7}
+    assert bodies[1] == {"sql": "SELECT COUNT(*) FROM visits", "ci95": 25, "delta": 1e-7}
+
+
+def test_async_accuracy_first(live: tuple[str, dict[str, str]]) -> None:
+    url, keys = live
+
+    async def go() -> tuple[Any, Any]:
+        async with connect_async(url, keys["ann"]) as conn:
+            sql = "SELECT COUNT(*) AS n FROM visits WHERE age > 44"
+            return await conn.query(sql, ci95=60), await conn.explain(sql, ci95=60)
+
+    r, ex = asyncio.run(go())
+    assert r.target_ci95 == 60 and ex["target_ci95"] == 60
+    assert r.epsilon_spent == pytest.approx(ex["epsilon_cost"])

@@ -79,7 +79,8 @@ def test_partition_selection_needs_delta(gw: Gateway) -> None:
     assert r.delta_spent == 1e-6
     assert 0 < len(r.rows) <= 40  # keys that exist in the data, selected privately
     ps = gw.explain(sql, epsilon=1.0, delta=1e-6).partition_selection
-    assert ps is not None and "truncated_geometric" in ps["mechanism"]
+    assert ps is not None and ps["strategy"] in ("threshold", "truncated_geometric")
+    assert ps["units_for_half"] > 0 and ps["why"]
 
 
 def test_budget_report_and_exhaustion(tmp_path: Path) -> None:

@@ -87,10 +87,18 @@ class QueryRequest(_Body):
         {"sql": SQL_EXAMPLE, "epsilon": 0.5},
         {"sql": "SELECT device, AVG(spend) AS avg_spend FROM visits GROUP BY device",
          "epsilon": 0.3, "delta": 1e-7, "mechanism": "gaussian"},
+        {"sql": SQL_EXAMPLE, "ci95": 50},
     ]})
 
     sql: str = Field(min_length=1, description="one SELECT statement (DuckDB dialect)")
     epsilon: OptReal = _opt("ε to spend on this query (a JSON number)", gt=0)
+    ci95: OptReal = _opt(
+        "accuracy-first, instead of epsilon (giving both is refused): the target 95% "
+        "half-width, in each noisy column's own units. The gateway spends the smallest ε "
+        "(three significant digits) whose predicted half-width meets it in every column "
+        "that carries noise, from the plan and the policy alone; quantiles, ratios of "
+        "aggregates and targets below an AVG/VAR/STDDEV's bound are refused "
+        "(query_rejected, rule accuracy_target), as is an ε the budget cannot pay", gt=0)
     delta: OptReal = _opt("δ to spend (a JSON number)", ge=0, lt=1)
     mechanism: Literal["laplace", "gaussian"] | None = Field(
         default=None, description="noise distribution (gaussian needs δ > 0)")
@@ -147,6 +155,10 @@ class QueryResponse(BaseModel):
     notes: list[str] = Field(
         default_factory=list, description="how the answer was made, in words (e.g. groups "
         "chosen by partition selection because the public domains are too large)")
+    target_ci95: float | None = Field(
+        default=None, description="accuracy-first requests only (present only for them): "
+        "the requested ci95; epsilon_spent is the ε chosen for it (0 when cached), and notes "
+        "name that ε and the binding column")
 
 
 class ExplainResponse(BaseModel):
@@ -172,6 +184,10 @@ class ExplainResponse(BaseModel):
         "INTERSECT, EXCEPT) only: per SELECT, its SQL, kind (dp, public, public_domains), "
         "epsilon_cost and delta_cost (its share; the charge is their composition), "
         "aggregates, group_keys, partition_selection, accuracy and rewritten_sql")
+    target_ci95: float | None = Field(
+        default=None, description="accuracy-first requests only (present only for them): "
+        "the requested ci95; epsilon_cost is the ε a query would be charged for it, and "
+        "notes name the binding column")
 
 
 class BudgetTotals(BaseModel):
@@ -202,7 +218,10 @@ class SchemaColumn(BaseModel):
     name: str
     type: str
     role: str | None = None
-    bounds: list[Any] | None = None
+    bounds: list[Any] | Literal["auto"] | None = Field(
+        default=None, description="[low, high], or \"auto\": each query tunes the range "
+        "privately inside `limits`")
+    limits: list[Any] | None = None
     public_values: list[Any] | None = None
     public_values_from: str | None = None
 
@@ -215,6 +234,9 @@ class SchemaTable(BaseModel):
         "(public., main. and the dataset name are accepted for every table)")
     privacy_unit: str | None = None
     max_rows_per_unit: int | None = None
+    max_rows_per_unit_auto: bool | None = Field(
+        default=None, description="true: max_rows_per_unit is a ceiling; each query tunes "
+        "its bound privately (the result's notes say which)")
     max_groups_per_unit: int | None = None
     columns: list[SchemaColumn]
 

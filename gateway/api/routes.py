@@ -53,8 +53,8 @@ async def healthz(ctx: Ctx) -> Response:
 async def query(body: QueryRequest, who: Caller, ctx: Ctx,
                 idempotency_key: IdemKey = None) -> Response:
     def work() -> dict[str, Any]:
-        return ctx.gateway.query_as(who, body.sql, body.epsilon, body.delta,
-                                    body.mechanism).reported(body.report).to_dict()
+        return ctx.gateway.query_as(who, body.sql, body.epsilon, body.delta, body.mechanism,
+                                    ci95=body.ci95).reported(body.report).to_dict()
 
     digest = fingerprint("query", body.model_dump())
     return await ctx.charged(who, "query", idempotency_key, digest, work)
@@ -65,7 +65,7 @@ async def query(body: QueryRequest, who: Caller, ctx: Ctx,
              summary="Plan, cost and expected error of a query; charges nothing")
 async def explain(body: QueryRequest, who: Caller, ctx: Ctx) -> Response:
     result = await ctx.run(lambda: ctx.gateway.explain(
-        body.sql, body.epsilon, body.delta, body.mechanism).to_dict())
+        body.sql, body.epsilon, body.delta, body.mechanism, ci95=body.ci95).to_dict())
     return ok(result)
 
 

@@ -28,6 +28,9 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 def _budget_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epsilon", type=float, default=None, help="epsilon to spend")
+    p.add_argument("--ci95", type=float, default=None, metavar="HALF_WIDTH",
+                   help="instead of --epsilon: spend the smallest epsilon whose predicted 95%% "
+                   "half-width is within this target in every noisy column")
     p.add_argument("--delta", type=float, default=None, help="delta to spend")
     p.add_argument("--mechanism", choices=["laplace", "gaussian"], default=None)
 
@@ -144,10 +147,11 @@ def _run(args: argparse.Namespace) -> int:
     with Gateway.open(args.policy, args.state) as gw:
         if args.command == "query":
             print_result(gw.query(args.sql, analyst=args.analyst, epsilon=args.epsilon,
-                                   delta=args.delta, mechanism=args.mechanism), args.json)
+                                   delta=args.delta, mechanism=args.mechanism,
+                                   ci95=args.ci95), args.json)
         elif args.command == "explain":
             ex = gw.explain(args.sql, epsilon=args.epsilon, delta=args.delta,
-                            mechanism=args.mechanism)
+                            mechanism=args.mechanism, ci95=args.ci95)
             print(json.dumps(ex.to_dict(), indent=2, default=str))
         elif args.command == "analyst":
             if args.analyst_command == "add":
@@ -177,10 +181,11 @@ def _run_remote(args: argparse.Namespace) -> int:
         with client.connect(args.url, api_key=args.key) as conn:
             if args.command == "query":
                 print_result(conn.query(args.sql, epsilon=args.epsilon, delta=args.delta,
-                                         mechanism=args.mechanism), args.json)
+                                         mechanism=args.mechanism, ci95=args.ci95), args.json)
             elif args.command == "explain":
                 print(json.dumps(conn.explain(args.sql, epsilon=args.epsilon, delta=args.delta,
-                                              mechanism=args.mechanism), indent=2))
+                                              mechanism=args.mechanism, ci95=args.ci95),
+                                 indent=2))
             elif args.command == "budget":
                 b = conn.budget()
                 if args.name and args.name != b.get("analyst"):

@@ -22,9 +22,11 @@ from gateway.client.http import (
     InterfaceError,
     OperationalError,
     Result,
+    accuracy_target,
     backoff_delay,
     bind,
     error_from_response,
+    spend_body,
 )
 
 
@@ -76,16 +78,18 @@ class AsyncConnection:
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _spend(self, sql: str, epsilon: float | None, delta: float | None,
-               mechanism: str | None) -> dict[str, Any]:
-        body = {"sql": sql, "epsilon": self.epsilon if epsilon is None else epsilon,
-                "delta": self.delta if delta is None else delta,
-                "mechanism": self.mechanism if mechanism is None else mechanism}
-        return {k: v for k, v in body.items() if v is not None}
+               mechanism: str | None, ci95: float | None = None) -> dict[str, Any]:
+        return spend_body(sql, self.epsilon if epsilon is None and ci95 is None else epsilon,
+                          self.delta if delta is None else delta,
+                          self.mechanism if mechanism is None else mechanism, ci95)
 
     async def query(self, sql: str, epsilon: float | None = None, delta: float | None = None,
                     mechanism: str | None = None, *, params: Any = None,
-                    idempotency_key: str | None = None, report: str | None = None) -> Result:
-        body = self._spend(bind(sql, params), epsilon, delta, mechanism)
+                    idempotency_key: str | None = None, report: str | None = None,
+                    ci95: float | None = None, accuracy: float | None = None) -> Result:
+        """As :meth:`gateway.client.Connection.query` (``ci95=``: accuracy-first)."""
+        body = self._spend(bind(sql, params), epsilon, delta, mechanism,
+                           accuracy_target(ci95, accuracy))
         if report is not None:
             body["report"] = report  # 'ci95': <col>_ci95 columns, as Connection.query
         return Result.from_json(await self.request("POST", "/v1/query", json=body,
@@ -94,8 +98,10 @@ class AsyncConnection:
 
     async def explain(self, sql: str, epsilon: float | None = None,
                       delta: float | None = None, mechanism: str | None = None, *,
-                      params: Any = None) -> dict[str, Any]:
-        body = self._spend(bind(sql, params), epsilon, delta, mechanism)
+                      params: Any = None, ci95: float | None = None,
+                      accuracy: float | None = None) -> dict[str, Any]:
+        body = self._spend(bind(sql, params), epsilon, delta, mechanism,
+                           accuracy_target(ci95, accuracy))
         return await self.request("POST", "/v1/explain", json=body)
 
     async def budget(self) -> dict[str, Any]:

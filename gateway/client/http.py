@@ -202,6 +202,21 @@ def _literal(value: Any) -> exp.Expr:
     raise DataError(f"cannot pass a {type(value).__name__} as a SQL parameter")
 
 
+def accuracy_target(ci95: float | None, accuracy: float | None) -> float | None:
+    """``ci95=`` or its alias ``accuracy=`` (the server checks the value)."""
+    if ci95 is not None and accuracy is not None and ci95 != accuracy:
+        raise ProgrammingError("ci95 and accuracy name the same target; give one of them")
+    return ci95 if ci95 is not None else accuracy
+
+
+def spend_body(sql: str, epsilon: float | None, delta: float | None, mechanism: str | None,
+               ci95: float | None = None) -> dict[str, Any]:
+    """The body of a query or explain request (absent fields: the server's defaults)."""
+    body = {"sql": sql, "epsilon": epsilon, "delta": delta, "mechanism": mechanism,
+            "ci95": ci95}
+    return {k: v for k, v in body.items() if v is not None}
+
+
 class Column(NamedTuple):
     name: str
     type: str
@@ -223,6 +238,7 @@ class Result:
     # Per row, aligned with columns: each value's 95% half-width (None: a key, or none).
     ci95: list[tuple[float | None, ...]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    target_ci95: float | None = None  # accuracy-first requests: the target that was met
 
     @classmethod
     def from_json(cls, body: dict[str, Any]) -> Result:
@@ -233,7 +249,8 @@ class Result:
         return cls(body["query_id"], columns, rows, body["epsilon_spent"], body["delta_spent"],
                    body.get("accuracy", []), body.get("cached", False),
                    body.get("budget", {}), body,
-                   [tuple(ci) for ci in body.get("ci95", [])], list(body.get("notes", [])))
+                   [tuple(ci) for ci in body.get("ci95", [])], list(body.get("notes", [])),
+                   body.get("target_ci95"))
 
     def to_pandas(self) -> Any:
         import pandas as pd
@@ -312,28 +329,36 @@ class Connection:
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _spend(self, epsilon: float | None, delta: float | None, mechanism: str | None,
-               sql: str) -> dict[str, Any]:
-        body = {"sql": sql, "epsilon": self.epsilon if epsilon is None else epsilon,
-                "delta": self.delta if delta is None else delta,
-                "mechanism": self.mechanism if mechanism is None else mechanism}
-        return {k: v for k, v in body.items() if v is not None}
+               sql: str, ci95: float | None = None) -> dict[str, Any]:
+        return spend_body(sql, self.epsilon if epsilon is None and ci95 is None else epsilon,
+                          self.delta if delta is None else delta,
+                          self.mechanism if mechanism is None else mechanism, ci95)
 
     def query(self, sql: str, epsilon: float | None = None, delta: float | None = None,
               mechanism: str | None = None, *, params: Any = None,
-              idempotency_key: str | None = None, report: str | None = None) -> Result:
+              idempotency_key: str | None = None, report: str | None = None,
+              ci95: float | None = None, accuracy: float | None = None) -> Result:
         """Run a DP query (charged unless cached); ``params`` binds ``?`` placeholders.
 
         ``report='ci95'`` adds a float column ``<col>_ci95`` after each column computed
-        from noisy aggregates (each value's 95% half-width, also in ``Result.ci95``)."""
-        body = self._spend(epsilon, delta, mechanism, bind(sql, params))
+        from noisy aggregates (each value's 95% half-width, also in ``Result.ci95``).
+        ``ci95=50`` (alias ``accuracy=50``) instead of ``epsilon``: the server spends the
+        smallest ε whose predicted 95% half-width is within ±50 in every noisy column
+        (``Result.target_ci95``; the notes name the ε and the binding column)."""
+        body = self._spend(epsilon, delta, mechanism, bind(sql, params),
+                           accuracy_target(ci95, accuracy))
         if report is not None:
             body["report"] = report
         return Result.from_json(self.request("POST", "/v1/query", json=body, charged=True,
                                              idempotency_key=idempotency_key))
 
     def explain(self, sql: str, epsilon: float | None = None, delta: float | None = None,
-                mechanism: str | None = None, *, params: Any = None) -> dict[str, Any]:
-        body = self._spend(epsilon, delta, mechanism, bind(sql, params))
+                mechanism: str | None = None, *, params: Any = None,
+                ci95: float | None = None, accuracy: float | None = None) -> dict[str, Any]:
+        """Plan, cost and accuracy; free.  ``ci95=``: the ε a query with that target
+        would be charged (``epsilon_cost``)."""
+        body = self._spend(epsilon, delta, mechanism, bind(sql, params),
+                           accuracy_target(ci95, accuracy))
         return self.request("POST", "/v1/explain", json=body)
 
     def budget(self) -> dict[str, Any]:
@@ -424,18 +449,44 @@ class Model(dict[str, Any]):
 class Cursor:
     """PEP 249 cursor; ``epsilon``/``delta``/``mechanism`` set what each execute spends, and
     ``report = 'ci95'`` (default: the connection's ``report``) adds a ``<col>_ci95`` column
-    after each column computed from noisy aggregates, as ``SET dp.report`` does over pgwire."""
+    after each column computed from noisy aggregates, as ``SET dp.report`` does over pgwire.
+
+    ``ci95 = 50`` makes each execute accuracy-first (the smallest ε whose predicted 95%
+    half-width is within ±50 in every noisy column), as ``SET dp.ci95`` does over pgwire:
+    the later of ``ci95`` and ``epsilon`` to be set wins (setting ``epsilon`` clears
+    ``ci95``; ``ci95 = None`` goes back to ``epsilon``)."""
 
     arraysize = 1
 
     def __init__(self, conn: Connection) -> None:
         self.connection = conn
-        self.epsilon, self.delta, self.mechanism = conn.epsilon, conn.delta, conn.mechanism
+        self._epsilon: float | None = conn.epsilon
+        self._ci95: float | None = None
+        self.delta, self.mechanism = conn.delta, conn.mechanism
         self.report = conn.report
         self.result: Result | None = None
         self._rows: list[tuple[Any, ...]] = []
         self._pos = 0
         self._closed = False
+
+    @property
+    def epsilon(self) -> float | None:
+        return self._epsilon
+
+    @epsilon.setter
+    def epsilon(self, value: float | None) -> None:
+        self._epsilon = value
+        if value is not None:
+            self._ci95 = None  # the later choice wins, as SET dp.epsilon over pgwire
+
+    @property
+    def ci95(self) -> float | None:
+        """The target 95% half-width of accuracy-first executes (None: spend ``epsilon``)."""
+        return self._ci95
+
+    @ci95.setter
+    def ci95(self, value: float | None) -> None:
+        self._ci95 = value
 
     @property
     def description(self) -> list[tuple[Any, ...]] | None:
@@ -451,9 +502,9 @@ class Cursor:
                 report: str | None = None) -> Cursor:
         """Run ``operation``; ``report`` ('ci95' or 'none') overrides ``self.report``."""
         self._check()
-        self.result = self.connection.query(operation, self.epsilon, self.delta,
-                                            self.mechanism, params=parameters,
-                                            report=report or self.report)
+        self.result = self.connection.query(
+            operation, None if self._ci95 is not None else self._epsilon, self.delta,
+            self.mechanism, params=parameters, report=report or self.report, ci95=self._ci95)
         self._rows, self._pos = list(self.result.rows), 0
         return self
 

@@ -279,10 +279,11 @@ async def do_explain(s: Session, sql: str) -> Result:
                  "and nothing is charged"]
     else:
         st = s.settings
-        e = await s.run(s.gateway.explain, inner, st.epsilon, st.delta, st.mechanism,
-                        dialect="postgres")
+        e = await s.run(s.gateway.explain, inner, dialect="postgres", **st.spend())
         lines = [f"Differentially private query: epsilon={e.epsilon_cost:.6g} "
                  f"delta={e.delta_cost:.6g} (charged when run; a repeat is free)"]
+        if e.target_ci95 is not None:  # SET dp.ci95: the ε chosen, and why
+            lines += ["  " + n for n in e.notes]
         for a in e.accuracy:
             ci = "" if a.ci95 is None else f", 95% interval +/- {a.ci95:.6g}"
             lines.append(f"  {a.column}: {a.mechanism} noise, scale {a.noise_scale:.6g}{ci}")

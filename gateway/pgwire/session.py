@@ -326,8 +326,8 @@ class Session:
 
     async def data_query(self, sql: str) -> Result:
         s = self.settings
-        res = await self.run(self.gateway.query_as, self.analyst, sql, s.epsilon, s.delta,
-                             s.mechanism, dialect="postgres")
+        res = await self.run(self.gateway.query_as, self.analyst, sql, dialect="postgres",
+                             **s.spend())  # dp.ci95 (accuracy-first) or dp.epsilon
         res = res.reported(s.report)
         rows = [tuple(r) for r in res.rows]
         if self.tx != "I":

@@ -2,8 +2,10 @@
 
 BI tools and drivers ``SET`` and ``SHOW`` a zoo of parameters on connect; none
 of them changes how the gateway computes an answer except ``dp.epsilon``,
-``dp.delta`` and ``dp.mechanism``, the per-query spend (and ``dp.report``, which
-adds each noisy value's 95% half-width as a column).  Values set inside a
+``dp.delta`` and ``dp.mechanism``, the per-query spend, ``dp.ci95``, a target 95%
+half-width asked for instead of an ε (the later of ``SET dp.ci95`` and ``SET dp.epsilon``
+wins; ``RESET dp.ci95`` goes back to ``dp.epsilon``), and ``dp.report``, which adds
+each noisy value's 95% half-width as a column.  Values set inside a
 transaction are undone by ROLLBACK (and ``SET LOCAL`` ends with the
 transaction), as in PostgreSQL, so a client that rolls back sees what it
 expects.  Rolling back never refunds budget: that lives in the ledger, not here.
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 from gateway.pgwire.errors import INVALID_PARAMETER_VALUE, UNDEFINED_OBJECT, PgError
 
@@ -45,7 +48,7 @@ DEFAULTS: dict[str, str] = {
     "session_replication_role": "origin", "vacuum_freeze_min_age": "50000000",
     "wal_level": "replica", "shared_buffers": "128MB", "port": "5433",
     "listen_addresses": "localhost", "cluster_name": "", "data_directory_mode": "0700",
-    "dp.report": "none",
+    "dp.report": "none", "dp.ci95": "none",
 }
 
 # Sent as ParameterStatus at startup and whenever they change (GUC_REPORT).
@@ -65,7 +68,12 @@ DESCRIPTIONS = {
     "dp.mechanism": "noise mechanism: laplace or gaussian",
     "dp.report": "ci95: add a <col>_ci95 column (95% half-width) after each noisy column; "
                  "none: do not",
+    "dp.ci95": "accuracy-first: spend the smallest epsilon whose predicted 95% half-width "
+               "meets this target in every noisy column (none: spend dp.epsilon)",
 }
+
+# Off: spend dp.epsilon.
+CI95_OFF = "none"
 
 
 def display_name(name: str) -> str:
@@ -73,6 +81,20 @@ def display_name(name: str) -> str:
 
 
 def _check_dp(name: str, value: str) -> str:
+    if name == "dp.ci95":
+        v = value.strip().lower()
+        if v in (CI95_OFF, "off", ""):
+            return CI95_OFF
+        try:
+            x = float(v)
+        except ValueError:
+            x = math.nan
+        if not math.isfinite(x) or x <= 0:
+            raise PgError(INVALID_PARAMETER_VALUE,
+                          f'invalid value for parameter "dp.ci95": "{value}"',
+                          hint="the target 95% half-width is a positive number, e.g. "
+                          "SET dp.ci95 = 50 (none, or RESET dp.ci95, to spend dp.epsilon)")
+        return repr(x) if x != int(x) or "e" in v else str(int(x))
     if name == "dp.report":
         v = value.strip().lower()
         if v not in ("ci95", "none"):
@@ -102,7 +124,7 @@ def _check_dp(name: str, value: str) -> str:
 
 def normalize(name: str, value: str) -> str:
     """Validate a new value; raise PgError (22023) if PostgreSQL or DP would refuse it."""
-    if name in ("dp.epsilon", "dp.delta", "dp.mechanism", "dp.report"):
+    if name in ("dp.epsilon", "dp.delta", "dp.mechanism", "dp.report", "dp.ci95"):
         return _check_dp(name, value)
     if name in ("transaction_isolation", "default_transaction_isolation"):
         v = " ".join(value.lower().split())
@@ -148,6 +170,8 @@ class Settings:
                 continue
             try:
                 base[key] = normalize(key, v)
+                if key == "dp.epsilon":  # the later of dp.epsilon and dp.ci95 wins
+                    base["dp.ci95"] = CI95_OFF
             except PgError:
                 if key not in ("client_encoding", "datestyle"):
                     raise
@@ -188,6 +212,8 @@ class Settings:
             else:
                 self.values[key] = value
                 self.local.pop(key, None)
+            if key == "dp.epsilon":  # an ε chosen after a target ends accuracy-first
+                self.set("dp.ci95", CI95_OFF, local=local)
         return [key] if key in REPORTED and self.get(key) != before else []
 
     def _set_local(self, key: str, value: str | None) -> None:
@@ -269,6 +295,20 @@ class Settings:
     @property
     def mechanism(self) -> str | None:
         return self._explicit("dp.mechanism")
+
+    @property
+    def ci95(self) -> float | None:
+        """The target 95% half-width of accuracy-first queries (None: spend dp.epsilon)."""
+        v = self.get("dp.ci95")
+        return None if v in (None, "", CI95_OFF) else float(v)
+
+    def spend(self) -> dict[str, Any]:
+        """What each data query spends: ``ci95`` (accuracy-first, while dp.ci95 is set:
+        it takes precedence over dp.epsilon) or ``epsilon``; ``delta`` and ``mechanism``
+        either way (keywords of Gateway.query_as and Gateway.explain)."""
+        ci95 = self.ci95
+        return {"epsilon": self.epsilon if ci95 is None else None, "delta": self.delta,
+                "mechanism": self.mechanism, "ci95": ci95}
 
     @property
     def report(self) -> str:

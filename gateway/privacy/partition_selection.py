@@ -30,6 +30,7 @@ is what we do.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
@@ -40,6 +41,7 @@ from gateway.privacy.samplers import bernoulli
 __all__ = [
     "MAX_TABLE_SIZE",
     "keep_probabilities",
+    "min_units",
     "select_partitions",
     "threshold_summary",
 ]
@@ -73,18 +75,28 @@ def _check(epsilon: float, delta: float, max_partitions: int) -> tuple[float, fl
     return eps, dlt, int(max_partitions)
 
 
-@lru_cache(maxsize=64)
-def _table(eps: float, dlt: float) -> np.ndarray:
-    """π_0..π_N for one partition at (ε, δ), vectorised phase by phase.
+@dataclass(frozen=True)
+class _Phases:
+    """The keep curve π_0..π_N in closed form (see :func:`_table`)."""
 
-    The recursion has two regimes (the crossover is where both terms of the min
-    are equal, at π_{n−1} = p* = (1 − δ)/(e^ε + 1)):
-      * growth, π_{n−1} < p*: π_n = e^ε π_{n−1} + δ, so π_n = δ (e^{nε} − 1)/(e^ε − 1);
-      * saturation: q_n = 1 − π_n satisfies q_n = e^{−ε}(q_{n−1} − δ), i.e.
-        q_n + c = e^{−ε}(q_{n−1} + c) with c = δ/(e^ε − 1), until q_n ≤ 0.
-    Closed forms make tables with 10^6 entries cheap; tests check them against
-    the plain recursion and the DP inequalities.
-    """
+    eps: float
+    dlt: float
+    n_a: int  # first n with π_n ≥ p* (end of the growth phase)
+    q_a: float  # 1 − π_{n_a}
+    c: float  # δ / (e^ε − 1)
+    steps: int  # saturation steps before the jump to 1
+
+    @property
+    def length(self) -> int:
+        """Entries of the table before it is cut at its first 1.0 (an upper bound)."""
+        return self.n_a + self.steps + 2
+
+    def grow(self, n: np.ndarray | float) -> np.ndarray | float:
+        return self.dlt * np.expm1(np.asarray(n) * self.eps) / math.expm1(self.eps)
+
+
+@lru_cache(maxsize=256)
+def _phases(eps: float, dlt: float) -> _Phases:
     em1 = math.expm1(eps)
     p_star = (1.0 - dlt) / (math.exp(eps) + 1.0)
     # Growth phase: n = 0..n_a where n_a is the first n with π_n ≥ p*.
@@ -98,12 +110,11 @@ def _table(eps: float, dlt: float) -> np.ndarray:
             f"epsilon={eps:g}, delta={dlt:g} per partition is too small: a partition would need "
             f"more than {MAX_TABLE_SIZE} privacy units to be kept"
         )
-    grow = dlt * np.expm1(np.arange(n_a + 1) * eps) / em1
     # Saturation phase from n_a: q_{n_a + j} = (q_a + c) e^{−jε} − c.  The
     # recursion jumps to π = 1 at the first step where q_{n−1} ≤ δ; comparing
     # with a 1e-12 relative tolerance absorbs float noise at exact ties (its
     # cost is an extra δ·1e-12 at most).
-    q_a = 1.0 - grow[-1]
+    q_a = 1.0 - dlt * math.expm1(n_a * eps) / em1
     c = dlt / em1
     stop = dlt * (1.0 + 1e-12)
     steps = 0
@@ -118,8 +129,25 @@ def _table(eps: float, dlt: float) -> np.ndarray:
         raise ValueError(
             f"epsilon={eps:g}, delta={dlt:g} per partition is too small for partition selection"
         )
-    j = np.arange(1, steps + 1)
-    q = (q_a + c) * np.exp(-j * eps) - c
+    return _Phases(eps, dlt, n_a, q_a, c, steps)
+
+
+@lru_cache(maxsize=64)
+def _table(eps: float, dlt: float) -> np.ndarray:
+    """π_0..π_N for one partition at (ε, δ), vectorised phase by phase.
+
+    The recursion has two regimes (the crossover is where both terms of the min
+    are equal, at π_{n−1} = p* = (1 − δ)/(e^ε + 1)):
+      * growth, π_{n−1} < p*: π_n = e^ε π_{n−1} + δ, so π_n = δ (e^{nε} − 1)/(e^ε − 1);
+      * saturation: q_n = 1 − π_n satisfies q_n = e^{−ε}(q_{n−1} − δ), i.e.
+        q_n + c = e^{−ε}(q_{n−1} + c) with c = δ/(e^ε − 1), until q_n ≤ 0.
+    Closed forms make tables with 10^6 entries cheap; tests check them against
+    the plain recursion and the DP inequalities.
+    """
+    ph = _phases(eps, dlt)
+    grow = np.asarray(ph.grow(np.arange(ph.n_a + 1)), dtype=np.float64)
+    j = np.arange(1, ph.steps + 1)
+    q = (ph.q_a + ph.c) * np.exp(-j * eps) - ph.c
     table = np.concatenate([grow, 1.0 - q, [1.0]])
     np.clip(table, 0.0, 1.0, out=table)
     np.maximum.accumulate(table, out=table)  # guard against float wobble
@@ -129,6 +157,38 @@ def _table(eps: float, dlt: float) -> np.ndarray:
     table = table[: int(np.argmax(table >= 1.0)) + 1].copy()
     table.setflags(write=False)
     return table
+
+
+def min_units(epsilon: float, delta: float, max_partitions: int = 1,
+              probability: float = 0.5) -> int:
+    """The smallest unit count n with π_n ≥ ``probability``, without building the table
+    (equal to ``argmax(keep_probabilities(...) >= probability)``; tests check it)."""
+    eps, dlt, l0 = _check(epsilon, delta, max_partitions)
+    p = float(probability)
+    if not 0.0 < p < 1.0:
+        raise ValueError(f"probability must be in (0, 1), got {probability!r}")
+    ph = _phases(eps / l0, dlt / l0)
+    e = ph.eps
+    grow_end = float(ph.grow(ph.n_a))
+    if grow_end >= p:  # reached in the growth phase
+        n = max(1, math.ceil(math.log1p(p * math.expm1(e) / ph.dlt) / e))
+        while n > 1 and float(ph.grow(n - 1)) >= p:
+            n -= 1
+        while float(ph.grow(n)) < p:
+            n += 1
+        return n
+
+    def pi(j: int) -> float:
+        return 1.0 - ((ph.q_a + ph.c) * math.exp(-j * e) - ph.c)
+
+    if ph.steps == 0 or pi(ph.steps) < p:
+        return ph.n_a + ph.steps + 1  # only the final 1.0 reaches p
+    j = min(ph.steps, max(1, math.floor(math.log((ph.q_a + ph.c) / (1.0 - p + ph.c)) / e)))
+    while j > 1 and pi(j - 1) >= p:
+        j -= 1
+    while pi(j) < p:
+        j += 1
+    return ph.n_a + j
 
 
 def keep_probabilities(epsilon: float, delta: float, max_partitions: int = 1) -> np.ndarray:

@@ -158,6 +158,12 @@ def _level(select: exp.Select, plan: Plan) -> list[tuple[str, Cell]]:
     out: list[tuple[str, Cell]] = []
     for item in select.expressions:
         if _is_star(item):
+            star = item if isinstance(item, exp.Star) else item.this
+            if any(star.args.get(a) for a in ("except", "replace", "rename")):
+                # * EXCLUDE/REPLACE/RENAME: the columns may be other expressions now;
+                # they keep their noisy flag but get no half-width (never understated).
+                out.extend((n, Cell(noisy=c.noisy)) for n, c in inputs or [])
+                continue
             out.extend((n, _flatten(c, flat)) for n, c in inputs or [])
             continue
         inner = item.this if isinstance(item, exp.Alias) else item

@@ -26,9 +26,18 @@ CTEs.  Nothing here plans SQL.  What this module adds:
   small typed table in the post-processing DuckDB (which holds nothing else), and
   the set operation, its ORDER BY, LIMIT and OFFSET run there.  UNION, INTERSECT
   and EXCEPT (with or without ALL) only compare released rows, so they are
-  post-processing too.  A set operation *inside* a FROM or a CTE combines raw
-  rows before they are aggregated (one unit's rows could count in several
+  post-processing too.  A set operation of raw rows *inside* a FROM or a CTE
+  combines rows before they are aggregated (one unit's rows could count in several
   branches), which cannot be attributed; :mod:`gateway.sql.validate` refuses it.
+* **a wrapper** (BI tools write ``SELECT * FROM (<the statement>) AS t WHERE ...
+  ORDER BY ... LIMIT ...``; also ``(<the statement>) ORDER BY ...``): when every
+  SELECT of a set operation in FROM is a DP query of its own (it aggregates
+  protected data, or reads public tables only), the outer SELECT reads released rows
+  only, so it is post-processing too.  The set operation is planned, charged and
+  cached exactly as the same statement unwrapped; the outer SELECT (validated as
+  any query, reading nothing but the set operation's rows: no join, no other table)
+  runs over the combined rows in the post-processing DuckDB, and each cell keeps its
+  half-width when it is ``c·a + b`` of one released value (:mod:`gateway.query.cells`).
 
 Types and names are decided at planning, from the plans alone: the output has the
 first branch's column names; a column must have the same type in every branch
@@ -45,7 +54,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pandas as pd
 import sqlglot
@@ -55,13 +64,29 @@ from sqlglot.tokens import Token, TokenType
 
 from gateway.engine.duckdb import CANONICAL
 from gateway.errors import BackendError, InternalError, QueryRejected, Span
-from gateway.query.cells import noisy_columns
-from gateway.query.perturb import finish, from_domains
+from gateway.query.cells import (
+    KEY,
+    OPAQUE,
+    ROW_ID,
+    Cell,
+    _aggregating,
+    _flatten,
+    _is_star,
+    _linear,
+    noisy_columns,
+    row_ids,
+    thread_rows,
+)
+from gateway.query.perturb import from_domains
 from gateway.query.postprocess import Column
 from gateway.query.prepared import LRU, Prepared
 from gateway.query.results import Accuracy, Explanation, QueryResult, decode_release
+from gateway.sql.analyze import check_reserved_names
 from gateway.sql.parse import parse_statement
 from gateway.sql.plan import Plan
+from gateway.sql.postprocess_plan import NOISY_TABLE
+from gateway.sql.validate import QUANTILE_FUNCTIONS, SPREAD_FUNCTIONS, span_of, validate
+from gateway.sql.wrapper import aggregates_protected
 from gateway.state.ledger import Cost
 
 if TYPE_CHECKING:
@@ -113,6 +138,19 @@ class CompoundPlan:
     combine: str  # DuckDB SQL of the set operation over the branches' frames __dp_f<i>
     threaded: bool  # only UNION ALL: each output row is one branch row (half-widths)
     kind: str  # "UNION ALL", "UNION", "INTERSECT", ... for messages
+    outer: Outer | None = None  # a SELECT over the set operation's rows (a wrapper)
+
+
+@dataclass(frozen=True)
+class Outer:
+    """The analyst's SELECT over the combined rows (``SELECT ... FROM (<set operation>)
+    AS t ...``): post-processing, run in the post-processing DuckDB."""
+
+    sql: str  # DuckDB SQL over the branches' frames (the combination as __dp_noisy)
+    text: str  # the outer SELECT over __dp_noisy (the combined rows), for explain
+    columns: tuple[Column, ...]  # output names and types, decided at planning
+    cells: tuple[Cell, ...]  # per output column: how its half-width follows (agg "c<j>")
+    threaded: bool  # the hidden row id (cells.ROW_ID) runs through it: half-widths
 
 
 @dataclass(frozen=True)
@@ -148,27 +186,39 @@ class Compounds:
             return found if isinstance(found, CompoundPlan) else None
         if not isinstance(sql, str) or not _MAY_COMBINE.search(sql):
             return None
+        tree: exp.Expr | None
         try:
             tree = parse_statement(sql, max_length=self.gw.policy.model.limits.max_sql_length,
                                    dialect=dialect)
-        except QueryRejected:
-            tree = None
-        if not isinstance(tree, exp.SetOperation):
-            self._statements.put(key, False)
-            return None
-        cplan = self._plan(tree, sql, dialect)
-        self._statements.put(key, cplan)
+        except QueryRejected as e:
+            tree = _parenthesized(sql, dialect, e)
+        cplan: CompoundPlan | None = None
+        if isinstance(tree, exp.SetOperation):
+            cplan = self._plan(tree, sql, dialect)
+        elif isinstance(tree, exp.Select | exp.Subquery):
+            cplan = self._wrapper(tree, sql, dialect)
+        self._statements.put(key, cplan if cplan is not None else False)
         return cplan
 
-    def _plan(self, tree: exp.SetOperation, sql: str, dialect: str) -> CompoundPlan:
+    def _plan(self, tree: exp.SetOperation, sql: str, dialect: str,
+              shared: list[exp.CTE] | None = None, path: tuple[str, ...] = ()
+              ) -> CompoundPlan:
+        """The set operation ``tree``; ``shared``: the CTEs of an outer SELECT around it
+        (a wrapper) and ``path`` the way to its text from the statement's start."""
         _leaves(tree)  # the shape and the number of SELECTs are checked first
         tree = tree.copy()
         leaves = _leaves(tree)
         with_ = tree.args.get("with_")
-        ctes = list(with_.expressions) if with_ is not None else []
+        ctes = [*(shared or []), *(with_.expressions if with_ is not None else [])]
+        names = [c.alias_or_name.lower() for c in ctes]
+        if len(set(names)) != len(names):
+            raise QueryRejected(
+                "a WITH clause inside FROM defines a name the statement's WITH defines too",
+                hint="give each CTE its own name (or put every CTE in the WITH clause at the "
+                "start of the statement)", rule=_RULE)
         kinds = sorted({_kind(n) for n in _set_nodes(tree)})
         kind = kinds[0] if len(kinds) == 1 else " / ".join(kinds)
-        text = _Text(sql, dialect, len(leaves), len(ctes), kind)
+        text = _Text(sql, dialect, len(leaves), len(ctes), kind, path)
         branches = []
         for i, leaf in enumerate(leaves):
             used = [ctes.index(c) for c in _used_ctes(leaf, ctes)]
@@ -192,6 +242,89 @@ class Compounds:
             raise InternalError("the columns of a combined result are not the planned ones")
         return cplan
 
+    # -- a SELECT over a set operation (a wrapper) ---------------------------------------
+
+    def _wrapper(self, tree: exp.Select | exp.Subquery, sql: str, dialect: str
+                 ) -> CompoundPlan | None:
+        """``SELECT ... FROM (<set operation>) AS t ...`` (FROM subqueries may nest) or
+        ``(<set operation>) ORDER BY ... LIMIT ...``, when every SELECT of the set
+        operation is a DP query of its own.  None when the statement holds no set
+        operation, or one with a SELECT of raw rows: the single-query path refuses it
+        (:mod:`gateway.sql.validate`: one unit's rows could count in several SELECTs)."""
+        if tree.find(exp.SetOperation) is None:
+            return None
+        policy = self.gw.policy
+        top_with = tree.args.get("with_")
+        shared = list(top_with.expressions) if top_with is not None else []
+        sets = _outermost_sets(tree)
+        kinds: set[str] = set()
+        for node in sets:
+            own = node.args.get("with_")
+            ctes = [*shared, *(own.expressions if own is not None else [])]
+            kinds.update(_classify(leaf, ctes, policy) for leaf in _loose_leaves(node))
+        if "raw" in kinds:
+            return None
+        found = _shape(tree)
+        if found is None or len(sets) != 1:
+            if kinds != {"dp"}:
+                return None  # refused by the single-query path, with its reason
+            raise _misplaced(tree, sets, sql)
+        outer, derived, path = found
+        setop = _unparen(derived.this)
+        assert isinstance(setop, exp.SetOperation)
+        checked = self._check_outer(outer, derived, sql, dialect, _kind(setop))
+        cplan = self._plan(setop, sql, dialect, shared, path)
+        return replace(cplan, outer=self._outer(cplan, checked))
+
+    def _check_outer(self, outer: exp.Select, derived: exp.Subquery, sql: str, dialect: str,
+                     kind: str) -> exp.Select:
+        """The outer SELECT validated as any query (allowlist, casts, names), with the
+        set operation's rows as the table ``__dp_noisy``; it may read nothing else."""
+        derived.set("this", exp.select(exp.null()))  # stands for the set operation's rows
+        outer.set("with_", None)  # its CTEs are the SELECTs' (each planned with them)
+        checked = validate(outer, sql, self.gw._tables, dialect)
+        check_reserved_names(checked, sql)
+        level, sub = checked, None
+        while sub is None:
+            src = level.args["from_"].this
+            inner = _unparen(src.this)
+            if isinstance(inner, exp.Select) and inner.args.get("from_") is not None:
+                level = inner
+            else:
+                sub = src
+        if any(True for _ in checked.find_all(exp.Join, exp.Table, exp.With, exp.SetOperation)):
+            raise _joined(kind, None)
+        alias = sub.args.get("alias")
+        sub.replace(exp.Table(this=exp.to_identifier(NOISY_TABLE),
+                              alias=alias.copy() if alias is not None else None))
+        return checked
+
+    def _outer(self, cplan: CompoundPlan, select: exp.Select) -> Outer:
+        """The outer SELECT over the combined rows, bound over empty frames (a column it
+        cannot find is refused here, before any charge), and its cells' half-widths."""
+        noisy = self._union_noisy(cplan)
+        inputs = [(c.name, Cell(f"c{j}", noisy=True) if noisy[j] else KEY)
+                  for j, c in enumerate(cplan.columns)]
+        named = _outer_cells(select, inputs)
+        threaded = thread_rows(select) if cplan.threaded and named is not None and any(
+            c.agg for _, c in named) else None
+        sql = _outer_sql(cplan, threaded or select, threaded is not None)
+        try:
+            out, _ = self.gw.post.run_sql(sql, _frames(cplan, [[] for _ in cplan.branches]))
+        except BackendError:
+            raise QueryRejected(
+                f"the SELECT over the {cplan.kind} cannot be applied to its columns",
+                hint="refer to the columns by the names the first SELECT gives them (or *); "
+                "the outer SELECT runs over the released rows only", rule=_RULE) from None
+        columns = tuple(c for c in out if c.name != ROW_ID)
+        if threaded is not None and len(out) != len(columns) + 1:  # cannot happen
+            raise InternalError("the row id of a wrapped set operation was lost")
+        if named is None or len(named) != len(columns):
+            cells = tuple(OPAQUE if any(noisy) else KEY for _ in columns)
+        else:
+            cells = tuple(c for _, c in named)
+        return Outer(sql, select.sql(dialect="duckdb"), columns, cells, threaded is not None)
+
     def _branch(self, piece: _Piece, i: int, kind: str) -> Branch:
         gw = self.gw
         try:
@@ -213,13 +346,20 @@ class Compounds:
 
     def output(self, cplan: CompoundPlan) -> tuple[list[str], list[bool]]:
         """Output names, and per column whether some SELECT computes it from noisy
-        aggregates."""
+        aggregates (for a wrapper: the outer SELECT's columns)."""
+        if cplan.outer is not None:
+            return ([c.name for c in cplan.outer.columns],
+                    [c.noisy for c in cplan.outer.cells])
+        return [c.name for c in cplan.columns], self._union_noisy(cplan)
+
+    @staticmethod
+    def _union_noisy(cplan: CompoundPlan) -> list[bool]:
         noisy = [False] * len(cplan.columns)
         for b in cplan.branches:
             flags = noisy_columns(b.plan)
             if len(flags) == len(noisy):
                 noisy = [a or f for a, f in zip(noisy, flags, strict=True)]
-        return [c.name for c in cplan.columns], noisy
+        return noisy
 
     # -- (ε, δ) -----------------------------------------------------------------------------
 
@@ -287,9 +427,13 @@ class Compounds:
                       for j in range(len(columns)))
         notes = [f"SELECT {i + 1}: {n}" for i, p in enumerate(parts) for n in p.notes]
         notes.append(_split_note(cprep))
+        accuracy = _accuracy(cplan, [p.accuracy for p in parts])
+        if cplan.outer is not None:
+            noisy = tuple(c.noisy for c in cplan.outer.cells)
+            notes.extend(_outer_notes(cplan))
+            accuracy = _outer_accuracy(cplan, accuracy)
         spent = (cprep.cost.epsilon, cprep.cost.delta) if charged else (0.0, 0.0)
-        return QueryResult(query_id, columns, rows, spent[0], spent[1],
-                           _accuracy(cplan, [p.accuracy for p in parts]),
+        return QueryResult(query_id, columns, rows, spent[0], spent[1], accuracy,
                            cprep.answer_key is not None and not charged, gw._remaining(who),
                            ci95=ci95, noisy=noisy, notes=notes)
 
@@ -304,14 +448,13 @@ class Compounds:
             none = tuple(None for _ in columns)
             return _Part(columns, rows, [none] * len(rows), tuple(False for _ in columns), [],
                          [])
-        plan, cal = prep.plan, prep.cal
         index = cprep.release[i]
-        release = from_domains(plan) if index is None else decode_release(releases[index])
-        table = finish(plan, cal, release)
-        out = gw.post.run(plan, table)
-        accuracy = gw._accuracy(plan, cal, table, [c.name for c in out.columns])
+        release = from_domains(prep.plan) if index is None else \
+            decode_release(releases[index])
+        # Tuned bounds: aggregates and intervals of the bounds the release records.
+        out, accuracy, notes = gw.finish_release(prep, release)
         return _Part(out.columns, out.rows, list(out.ci95), tuple(out.noisy), accuracy,
-                     list(getattr(plan, "notes", ())))
+                     notes)
 
     def _combine(self, cplan: CompoundPlan, parts: list[_Part]
                  ) -> tuple[list[Column], list[tuple[Any, ...]], list[tuple[float | None, ...]]]:
@@ -320,8 +463,10 @@ class Compounds:
             if len(p.columns) != len(b.columns):  # cannot happen: planned from the same plan
                 raise InternalError("a branch's answer does not have its planned columns")
             cis.extend(_align(p.ci95, len(p.rows), len(b.columns)))
-        columns, rows = self.gw.post.run_sql(cplan.combine,
-                                             _frames(cplan, [p.rows for p in parts]))
+        frames = _frames(cplan, [p.rows for p in parts])
+        if cplan.outer is not None:
+            return _run_outer(self.gw, cplan.outer, frames, cis)
+        columns, rows = self.gw.post.run_sql(cplan.combine, frames)
         if not cplan.threaded:
             return columns, rows, [tuple(None for _ in columns)] * len(rows)
         return columns[:-1], [r[:-1] for r in rows], [cis[r[-1]] for r in rows]
@@ -366,10 +511,16 @@ class Compounds:
             accuracies.append(ex.accuracy)
         texts.append(f"-- {cplan.kind} of the noisy results (post-processing)\n"
                      f"{cplan.combine}")
+        accuracy = _accuracy(cplan, accuracies)
+        notes = [_split_note(cprep)]
+        if cplan.outer is not None:
+            texts.append(f"-- the SELECT over the {cplan.kind} (post-processing; "
+                         f"__dp_noisy: the rows above)\n{cplan.outer.text}")
+            accuracy = _outer_accuracy(cplan, accuracy)
+            notes.extend(_outer_notes(cplan))
         ps = {"branches": selections} if selections else None
         return Explanation("\n\n".join(texts), aggregates, ps, cprep.cost.epsilon,
-                           cprep.cost.delta, _accuracy(cplan, accuracies), keys,
-                           notes=[_split_note(cprep)], branches=items)
+                           cprep.cost.delta, accuracy, keys, notes=notes, branches=items)
 
 
 @dataclass(frozen=True)
@@ -461,6 +612,296 @@ def _used_ctes(select: exp.Select, ctes: list[exp.CTE]) -> list[exp.CTE]:
     return [c for c in ctes if c.alias_or_name.lower() in need]
 
 
+# -- a SELECT over a set operation ----------------------------------------------------------
+
+_PAREN_ARGS = frozenset({"this", "order", "limit", "offset", "with_"})
+E = TypeVar("E", bound=exp.Expr)
+
+
+def _parenthesized(sql: str, dialect: str, e: QueryRejected) -> exp.Expr | None:
+    """``(<set operation>) ORDER BY ... LIMIT ...``, which :func:`parse_statement` refuses
+    as a statement of another kind after its checks of length and nesting passed: the
+    set operation (the parentheses are only parentheses), or the parenthesised query
+    that a wrapper reads; None for anything else."""
+    if e.rule != "statement_kind":
+        return None
+    try:
+        parsed = sqlglot.parse(sql, dialect=dialect)
+    except (sqlglot.errors.ParseError, sqlglot.errors.TokenError):
+        return None
+    statements = [s for s in parsed if s is not None and not isinstance(s, exp.Semicolon)]
+    if len(statements) != 1 or not isinstance(statements[0], exp.Subquery):
+        return None
+    with_ = statements[0].args.get("with_")
+    node = _unparen(statements[0].copy())
+    inner: exp.Expr = node
+    while isinstance(inner, exp.Subquery):
+        inner = inner.this
+    if not isinstance(inner, exp.SetOperation):
+        return None
+    if with_ is not None and node.args.get("with_") is None:  # WITH ... (<query>) ...
+        node.set("with_", with_.copy())
+    return node
+
+
+def _outermost_sets(tree: exp.Expr) -> list[exp.SetOperation]:
+    out = []
+    for node in tree.find_all(exp.SetOperation):
+        parent = node.parent
+        while parent is not None and not isinstance(parent, exp.SetOperation):
+            parent = parent.parent
+        if parent is None:
+            out.append(node)
+    return out
+
+
+def _loose_leaves(tree: exp.SetOperation) -> list[exp.Select]:
+    """The SELECTs of a set operation, whatever else it holds (:func:`_leaves` says what
+    is refused); enough of them to tell whether any reads raw rows."""
+    out: list[exp.Select] = []
+    stack: list[exp.Expr] = [tree]
+    while stack and len(out) <= 4 * MAX_BRANCHES:
+        node = _unparen(stack.pop())
+        if isinstance(node, exp.SetOperation):
+            stack.extend((node.expression, node.this))
+        elif isinstance(node, exp.Subquery):
+            stack.append(node.this)
+        elif isinstance(node, exp.Select):
+            out.append(node)
+    return out
+
+
+def _classify(select: exp.Select, ctes: list[exp.CTE], policy: Any) -> str:
+    """What a SELECT of a set operation is: ``"dp"`` (it aggregates protected data, or
+    reads public tables only: a DP query of its own), ``"raw"`` (it reads protected rows
+    without aggregating them: the set operation would combine raw rows) or ``"other"``
+    (no table, unknown ones: the single-query path says what is wrong)."""
+    own = select.args.get("with_")
+    visible = [*ctes, *(own.expressions if own is not None else [])]
+    if aggregates_protected(_spelled(select), [_spelled(c) for c in visible], policy):
+        return "dp"
+    by_name = {c.alias_or_name.lower(): c.this for c in visible}
+    seen: set[str] = set()
+    todo: list[exp.Expr] = [select]
+    public = other = False
+    while todo:
+        for table in todo.pop().find_all(exp.Table):
+            name = table.name.lower()
+            if not table.args.get("db") and name in by_name:
+                if name not in seen:
+                    seen.add(name)
+                    todo.append(by_name[name])
+                continue
+            spec = policy.table(table.name)
+            if spec is not None and not spec.public:
+                return "raw"
+            public, other = public or spec is not None, other or spec is None
+    return "dp" if public and not other else "other"
+
+
+def _spelled(node: E) -> E:
+    """A copy of ``node`` where the aggregates validation renames (``STD(x)``, ``VAR(x)``,
+    ``QUANTILE_CONT(x, p)``, ... parsed as plain calls) are aggregate nodes."""
+    names = SPREAD_FUNCTIONS.keys() | QUANTILE_FUNCTIONS.keys()
+    if not any(n.name.lower() in names for n in node.find_all(exp.Anonymous)):
+        return node
+    return node.transform(lambda n: exp.Variance(this=n.expressions[0].copy())
+                          if isinstance(n, exp.Anonymous) and n.name.lower() in names
+                          and n.expressions else n)  # type: ignore[return-value]
+
+
+def _shape(tree: exp.Select | exp.Subquery
+           ) -> tuple[exp.Select, exp.Subquery, tuple[str, ...]] | None:
+    """A copy of the statement as an outer SELECT, the derived table in it that holds
+    the set operation, and the way to that table's text (:meth:`_Text._descend`); None
+    unless each level reads exactly one parenthesised source and nothing else."""
+    top = _as_select(tree.copy()) if isinstance(tree, exp.Subquery) else tree.copy()
+    if top is None:
+        return None
+    path = ["paren" if isinstance(tree, exp.Subquery) else "from"]
+    level = top
+    while True:
+        from_ = level.args.get("from_")
+        if level.args.get("joins") or (level is not top and level.args.get("with_")) or \
+                from_ is None or not isinstance(from_.this, exp.Subquery):
+            return None
+        sub = from_.this
+        inner = _unparen(sub.this)
+        if isinstance(inner, exp.SetOperation):
+            return top, sub, tuple(path)
+        if isinstance(inner, exp.Subquery):  # (<query>) ORDER BY ...: one more level
+            below = _as_select(inner)
+            if below is None:
+                return None
+            inner.replace(below)
+            level = below
+            path.append("paren")
+        elif isinstance(inner, exp.Select):
+            level = inner
+            path.append("from")
+        else:
+            return None
+
+
+def _as_select(sub: exp.Subquery) -> exp.Select | None:
+    """``(<query>) ORDER BY ... LIMIT ...`` as ``SELECT * FROM (<query>) ORDER BY ...``."""
+    args = {k: v for k, v in sub.args.items() if v}
+    if set(args) - _PAREN_ARGS:
+        return None
+    select = exp.Select(expressions=[exp.Star()])
+    select.set("from_", exp.From(this=exp.Subquery(this=args["this"])))
+    for k in ("order", "limit", "offset", "with_"):
+        if k in args:
+            select.set(k, args[k])
+    return select
+
+
+def _misplaced(tree: exp.Expr, sets: list[exp.SetOperation], sql: str) -> QueryRejected:
+    """Why a set operation of DP SELECTs is refused where it is, and what to write."""
+    kind = _kind(sets[0])
+
+    def inside(node: exp.Expr) -> bool:
+        parent = node.parent
+        while parent is not None and not any(parent is s for s in sets):
+            parent = parent.parent
+        return parent is not None
+
+    join = next((j for j in tree.find_all(exp.Join) if not inside(j)), None)
+    if join is not None:
+        return _joined(kind, None if join.find(exp.SetOperation) else span_of(join, sql))
+    for s in sets:
+        parent = s.parent
+        while parent is not None and not isinstance(parent, exp.CTE):
+            parent = parent.parent
+        if parent is not None:
+            return QueryRejected(
+                f"a {kind} of DP SELECTs cannot be a CTE",
+                hint="select from it in FROM: SELECT ... FROM (SELECT ... UNION ALL "
+                "SELECT ...) AS t (a WITH clause at the start of the statement is given "
+                "to the SELECTs that read it)", rule=_RULE)
+    return QueryRejected(
+        f"a {kind} of DP SELECTs may only be the whole statement or the one source of an "
+        "outer SELECT (FROM subqueries may nest)",
+        hint="e.g. SELECT * FROM (SELECT ... UNION ALL SELECT ...) AS t WHERE ... "
+        "ORDER BY ... LIMIT ...", rule=_RULE)
+
+
+def _joined(kind: str, span: Span | None) -> QueryRejected:
+    return QueryRejected(
+        f"a SELECT over a {kind} of DP SELECTs may read only its released rows: no join, "
+        "no other table or subquery",
+        hint=f"select from the {kind} alone (SELECT ... FROM (SELECT ... UNION ALL "
+        "SELECT ...) AS t WHERE ... ORDER BY ...), or join inside each of its SELECTs "
+        "(each one is a DP query of its own)", rule=_RULE, span=span)
+
+
+def _outer_cells(select: exp.Select, inputs: list[tuple[str, Cell]]
+                 ) -> list[tuple[str, Cell]] | None:
+    """Per output column of the outer SELECT, how its half-width follows from the set
+    operation's columns (as :func:`gateway.query.cells.output_cells` for a wrapper);
+    None when a star with modifiers (EXCLUDE, REPLACE, ...) hides which is which."""
+    source = select.args["from_"].this
+    if isinstance(source, exp.Subquery):
+        inner = _unparen(source.this)
+        if not isinstance(inner, exp.Select):
+            return None
+        below = _outer_cells(inner, inputs)
+        if below is None:
+            return None
+    else:
+        below = inputs
+    env = {n.lower(): c for n, c in below}
+    flat = _aggregating(select)
+    out: list[tuple[str, Cell]] = []
+    for item in select.expressions:
+        if _is_star(item):
+            star = item if isinstance(item, exp.Star) else item.this
+            if any(star.args.values()):
+                return None
+            out.extend((n, _flatten(c, flat)) for n, c in below)
+            continue
+        inner_e = item.this if isinstance(item, exp.Alias) else item
+        cell = _linear(inner_e, env)
+        out.append((item.alias_or_name, _flatten(cell, flat)))
+        env.setdefault(item.alias_or_name.lower(), cell)  # DuckDB's lateral aliases
+    return out
+
+
+def _outer_sql(cplan: CompoundPlan, select: exp.Select, threaded: bool) -> str:
+    """The outer SELECT over ``__dp_noisy``: the combination, its columns named as the
+    first SELECT names them (and the hidden row id when ``threaded``)."""
+    n = len(cplan.columns)
+    source = [f"__dp_c{j}" for j in range(n)] + ([_ROW] if cplan.threaded else [])
+    items: list[exp.Expr] = [exp.alias_(exp.column(f"__dp_c{j}"), c.name, quoted=True)
+                             for j, c in enumerate(cplan.columns)]
+    if threaded:
+        items.append(exp.alias_(exp.column(_ROW), ROW_ID, quoted=True))
+    combined = sqlglot.parse_one(cplan.combine, dialect="duckdb")
+    body = exp.select(*items).from_(exp.Subquery(this=combined, alias=exp.TableAlias(
+        this=exp.to_identifier("__dp_u"), columns=[exp.to_identifier(c) for c in source])))
+    post = select.copy()
+    post.set("with_", exp.With(expressions=[
+        exp.CTE(this=body, alias=exp.TableAlias(this=exp.to_identifier(NOISY_TABLE)))]))
+    return post.sql(dialect="duckdb")
+
+
+def _run_outer(gw: Gateway, outer: Outer, frames: dict[str, pd.DataFrame],
+               cis: list[tuple[float | None, ...]]
+               ) -> tuple[list[Column], list[tuple[Any, ...]], list[tuple[float | None, ...]]]:
+    """The outer SELECT over the branches' rows; each cell's half-width from the branch
+    row it came from (``cis``, by the row ids of :func:`_frames`)."""
+    columns, rows = gw.post.run_sql(outer.sql, frames)
+    hidden = [i for i, c in enumerate(columns) if c.name == ROW_ID]
+    ids: list[int | None] = [None] * len(rows)
+    if hidden:
+        ids = row_ids([r[hidden[0]] for r in rows])
+        columns = [c for i, c in enumerate(columns) if i not in hidden]
+        rows = [tuple(v for i, v in enumerate(r) if i not in hidden) for r in rows]
+    if len(columns) != len(outer.cells):  # cannot happen: the SQL bound at planning
+        raise InternalError("the columns of a wrapped set operation are not the planned ones")
+    return columns, rows, [tuple(_half(c, cis, r) for c in outer.cells) for r in ids]
+
+
+def _half(cell: Cell, cis: list[tuple[float | None, ...]], row: int | None) -> float | None:
+    """``|c|·h + rounding`` for a cell ``c·a + b`` of one released value a (as
+    :meth:`Cell.half_width`, over the branches' per-cell half-widths)."""
+    if cell.agg is None or row is None or not 0 <= row < len(cis):
+        return None
+    j = int(cell.agg[1:])
+    h = cis[row][j] if j < len(cis[row]) else None
+    if h is None:
+        return None
+    out = cell.factor * float(h) + cell.rounding
+    return out if math.isfinite(out) else None
+
+
+def _outer_accuracy(cplan: CompoundPlan, per_column: list[Accuracy]) -> list[Accuracy]:
+    """The set operation's per-column accuracy, for the outer columns that pass one of
+    its columns through unchanged (as for a wrapper around one SELECT)."""
+    assert cplan.outer is not None
+    by_name = {a.column: a for a in per_column}
+    out = []
+    for col, cell in zip(cplan.outer.columns, cplan.outer.cells, strict=True):
+        if cell.agg is None or cell.factor != 1.0 or cell.rounding != 0.0:
+            continue
+        found = by_name.get(cplan.columns[int(cell.agg[1:])].name)
+        if found is not None:
+            out.append(replace(found, column=col.name))
+    return out
+
+
+def _outer_notes(cplan: CompoundPlan) -> list[str]:
+    assert cplan.outer is not None
+    notes = [f"the outer SELECT reads only the released rows of the {cplan.kind}: "
+             "post-processing, no further charge"]
+    notes.extend(f"column {col.name!r} has no per-cell ci95: it is not one released value "
+                 f"or a constant scaling of one (e.g. an aggregate over the rows of the "
+                 f"{cplan.kind}, or a ratio); see accuracy"
+                 for col, cell in zip(cplan.outer.columns, cplan.outer.cells, strict=True)
+                 if cell.noisy and cell.agg is None)
+    return notes
+
+
 _OPEN = frozenset({TokenType.L_PAREN, TokenType.L_BRACKET, TokenType.L_BRACE})
 _CLOSE = frozenset({TokenType.R_PAREN, TokenType.R_BRACKET, TokenType.R_BRACE})
 _SET_WORDS = frozenset({TokenType.UNION, TokenType.INTERSECT, TokenType.EXCEPT})
@@ -498,7 +939,8 @@ class _Text:
     """Where each SELECT and each CTE of the statement is in its text, from sqlglot's own
     tokens (parentheses, strings and comments as the parser sees them)."""
 
-    def __init__(self, sql: str, dialect: str, leaves: int, ctes: int, kind: str) -> None:
+    def __init__(self, sql: str, dialect: str, leaves: int, ctes: int, kind: str,
+                 path: tuple[str, ...] = ()) -> None:
         self.sql, self.dialect = sql, dialect
         toks = [t for t in Dialect.get_or_raise(dialect).tokenize(sql)
                 if t.token_type != TokenType.SEMICOLON]
@@ -508,7 +950,12 @@ class _Text:
         self.ctes: list[tuple[int, int]] = []  # (start, end) of ``name AS (...)``
         i = self._with(0) if toks and toks[0].token_type == TokenType.WITH else 0
         self.leaves: list[tuple[int, int]] = []  # token ranges [lo, hi)
-        self._split(i, len(toks))
+        found = self._descend(i, len(toks), path)
+        if found is not None:
+            lo, hi = found
+            if lo < hi and toks[lo].token_type == TokenType.WITH:
+                lo = self._with(lo)  # the set operation's own WITH, inside (...)
+            self._split(lo, hi)
         if len(self.leaves) != leaves or len(self.ctes) != ctes:
             raise QueryRejected(
                 f"the SELECTs of this {kind} could not be told apart",
@@ -540,11 +987,42 @@ class _Text:
             break
         return i
 
+    def _strip(self, lo: int, hi: int) -> tuple[int, int]:
+        """``(...)`` around the whole range: the parentheses are not the query's."""
+        while lo < hi and self.toks[lo].token_type == TokenType.L_PAREN and \
+                self.match.get(lo) == hi - 1:
+            lo, hi = lo + 1, hi - 1
+        return lo, hi
+
+    def _descend(self, lo: int, hi: int, path: tuple[str, ...]) -> tuple[int, int] | None:
+        """The token range of the set operation a wrapper reads: per level, ``from`` is
+        the parenthesised source after the SELECT's FROM, ``paren`` the parenthesised
+        query that an ORDER BY / LIMIT follows.  None when the text does not have that
+        shape (then no SELECT is found, and the statement is refused)."""
+        toks = self.toks
+        for step in path:
+            lo, hi = self._strip(lo, hi)
+            at = lo
+            if step == "from":
+                while at < hi:
+                    t = toks[at].token_type
+                    if t in _OPEN:
+                        at = self.match.get(at, hi - 1) + 1
+                        continue
+                    if t == TokenType.FROM and not (
+                            at > lo and toks[at - 1].token_type == TokenType.DISTINCT):
+                        break  # (IS DISTINCT FROM is an operator, not the clause)
+                    at += 1
+                at += 1
+            if not (at < hi and toks[at].token_type == TokenType.L_PAREN) or \
+                    self.match.get(at, hi) >= hi:
+                return None
+            lo, hi = at + 1, self.match[at]
+        return self._strip(lo, hi)
+
     def _split(self, lo: int, hi: int) -> None:
         toks = self.toks
-        while lo < hi and toks[lo].token_type == TokenType.L_PAREN and \
-                self.match.get(lo) == hi - 1:
-            lo, hi = lo + 1, hi - 1  # (SELECT ...): the parentheses are not the SELECT's
+        lo, hi = self._strip(lo, hi)  # (SELECT ...): the parentheses are not the SELECT's
         cuts: list[int] = []
         tail = hi
         i = lo

@@ -2,8 +2,11 @@
 those to the aggregates.
 
 Groups are first fixed without looking at values: every key of a public domain
-(empty ones included), or the keys DP partition selection keeps.  Then every
-statistic gets integer noise on its grid (:func:`perturb`).  That is the
+(empty ones included), or the keys DP partition selection keeps (the truncated
+geometric mechanism or Gaussian thresholding, from the unit counts).  Then every
+statistic gets integer noise on its grid (:func:`perturb`).  When partition
+selection thresholds a released count instead, every candidate group gets its
+noise first and the groups whose noisy count reaches τ are kept.  That is the
 release: the answer cache stores exactly these noisy statistics.  The
 aggregates are computed from them per request (:func:`finish`: AVG = mid +
 noisy Σ(v − mid) / noisy count, ...), so two aggregates over the same statistics
@@ -23,7 +26,7 @@ import datetime as dt
 import itertools
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -33,7 +36,15 @@ from gateway.privacy.partition_selection import select_partitions
 from gateway.privacy.quantiles import select_quantile_bins
 from gateway.privacy.random import RandomSource
 from gateway.privacy.samplers import discrete_laplace, rounded_gaussian, rounded_laplace
-from gateway.query.noise import Calibration, QuantileNoise, StatNoise
+from gateway.privacy.thresholding import gaussian_threshold_select, select_above_threshold
+from gateway.query.noise import (
+    GAUSSIAN_THRESHOLD,
+    THRESHOLD,
+    TRUNCATED_GEOMETRIC,
+    Calibration,
+    QuantileNoise,
+    StatNoise,
+)
 from gateway.sql.plan import AggSpec, Plan, QuantileSpec
 from gateway.sql.rewrite import QUANTILE_WEIGHT_BITS
 
@@ -44,6 +55,9 @@ class NoisyStats:
 
     keys: list[tuple[Any, ...]]
     stats: dict[str, np.ndarray]  # statistic name -> noisy value per group
+    # Bounds tuned privately for this release (gateway/query/tuning.py), e.g.
+    # {"max_rows_per_unit": 128}: chosen from a DP histogram, so public.
+    tuned: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -95,12 +109,20 @@ def perturb(plan: Plan, cal: Calibration, result: ResultSet, rng: RandomSource) 
         position = {key: i for i, key in enumerate(engine_keys)}
         index = [position.get(g, -1) for g in groups]
     else:
-        keep = _keep_in_domain(plan, engine_keys)
-        units = np.asarray(columns["__dp_units"], dtype=np.int64)[keep]
+        # Candidates: groups in the public parts of their domains that some unit touches
+        # in the L0-bounded part of the query (a group seen only by quantile or
+        # COUNT(DISTINCT col) stages, where a unit is not limited to L0 groups, has no
+        # unit here and is never kept: the union bound over a unit's ≤ L0 groups holds).
         assert cal.partition is not None
-        chosen = select_partitions(units, cal.partition.epsilon, cal.partition.delta,
-                                   cal.partition.max_partitions, rng)
-        rows = np.flatnonzero(keep)[chosen]
+        p = cal.partition
+        units_all = np.asarray(columns["__dp_units"], dtype=np.int64)
+        rows = np.flatnonzero(_keep_in_domain(plan, engine_keys) & (units_all > 0))
+        units = units_all[rows]
+        if p.strategy == TRUNCATED_GEOMETRIC:
+            rows = rows[select_partitions(units, p.epsilon, p.delta, p.max_partitions, rng)]
+        elif p.strategy == GAUSSIAN_THRESHOLD:
+            rows = rows[gaussian_threshold_select(units, p.sigma, p.threshold, rng)]
+        # THRESHOLD: every candidate gets its noise first; the noisy count decides below.
         groups = [engine_keys[i] for i in rows]
         index = list(rows)
 
@@ -111,7 +133,18 @@ def perturb(plan: Plan, cal: Calibration, result: ResultSet, rng: RandomSource) 
         true = np.zeros(len(groups), dtype=np.float64)
         true[present] = stat_arrays[s.name][idx[present]] if n_rows else 0.0
         exact_units[s.name] = true
-    noisy = {s.name: _add_noise(exact_units[s.name], cal.stats[s.name], rng) for s in plan.stats}
+    on_grid = {s.name: _noisy_grid_units(exact_units[s.name], cal.stats[s.name], rng)
+               for s in plan.stats}
+    if plan.keys and cal.partition is not None and cal.partition.strategy == THRESHOLD:
+        # Keep a group iff its released noisy count reaches τ (both in grid units):
+        # post-processing of that count, plus the δ of the threshold.
+        assert cal.partition.statistic is not None
+        kept = select_above_threshold(on_grid[cal.partition.statistic],
+                                      cal.partition.threshold)
+        groups = [g for g, k in zip(groups, kept, strict=True) if k]
+        idx = idx[kept]
+        on_grid = {name: v[kept] for name, v in on_grid.items()}
+    noisy = {s.name: on_grid[s.name] * cal.stats[s.name].grid.step for s in plan.stats}
     for q in plan.quantiles:
         weights = _histograms(q, columns, idx, n_rows)
         for qn in cal.quantiles:
@@ -211,16 +244,21 @@ def _as_values(q: QuantileSpec, v: np.ndarray) -> np.ndarray:
 
 def _add_noise(exact: np.ndarray, noise: StatNoise, rng: RandomSource) -> np.ndarray:
     """Exact sums (grid units) + integer noise, back in value units."""
+    return _noisy_grid_units(exact, noise, rng) * noise.grid.step
+
+
+def _noisy_grid_units(exact: np.ndarray, noise: StatNoise, rng: RandomSource) -> np.ndarray:
+    """Exact sums (grid units) + integer noise, in grid units."""
     n = len(exact)
     if noise.kind == "none":
-        return exact * noise.grid.step
+        return np.asarray(exact, dtype=np.float64)
     if noise.kind == "discrete_laplace":
         k = discrete_laplace(noise.scale, n, rng)
     elif noise.kind == "laplace":
         k = rounded_laplace(noise.scale, 1.0, n, rng)
     else:
         k = rounded_gaussian(noise.scale, 1.0, n, rng)
-    return (exact + k.astype(np.float64)) * noise.grid.step
+    return exact + k.astype(np.float64)
 
 
 def _aggregate(agg: AggSpec, noisy: dict[str, np.ndarray], noise: dict[str, StatNoise]

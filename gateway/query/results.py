@@ -54,6 +54,8 @@ class QueryResult:
     # Per column: computed from noisy aggregates (gets a <col>_ci95 column in reports).
     noisy: tuple[bool, ...] = ()
     notes: list[str] = field(default_factory=list)  # how the answer was made, in words
+    # Accuracy-first requests (ci95=): the target the chosen ε meets (query/accuracy_first.py).
+    target_ci95: float | None = None
 
     def to_pandas(self) -> Any:
         import pandas as pd
@@ -92,6 +94,7 @@ class QueryResult:
             "accuracy": [a.to_dict() for a in self.accuracy],
             "cached": self.cached,
             "notes": list(self.notes),
+            **({} if self.target_ci95 is None else {"target_ci95": self.target_ci95}),
         }
 
 
@@ -126,6 +129,9 @@ class Explanation:
     # A statement of several SELECTs (UNION ALL, ...): each one's plan, share and cost
     # (gateway/query/compound.py); empty for one SELECT.
     branches: list[dict[str, Any]] = field(default_factory=list)
+    # A bound tuned at run time (`auto` in the policy): how it will be chosen.
+    tuning: dict[str, Any] | None = None
+    target_ci95: float | None = None  # accuracy-first: the target the costed ε meets
 
     def to_dict(self) -> dict[str, Any]:
         out = {
@@ -140,6 +146,10 @@ class Explanation:
         }
         if self.branches:
             out["branches"] = self.branches
+        if self.tuning is not None:
+            out["tuning"] = self.tuning
+        if self.target_ci95 is not None:
+            out["target_ci95"] = self.target_ci95
         return out
 
 
@@ -186,6 +196,7 @@ def encode_release(release: NoisyStats) -> str:
     return json.dumps({
         "keys": [[_tag(v) for v in k] for k in release.keys],
         "stats": {n: [float(x) for x in a] for n, a in release.stats.items()},
+        **({"tuned": release.tuned} if release.tuned else {}),
     })
 
 
@@ -194,4 +205,5 @@ def decode_release(text: str) -> NoisyStats:
     return NoisyStats(
         [tuple(_untag(v) for v in k) for k in d["keys"]],
         {n: np.asarray(a, dtype=np.float64) for n, a in d["stats"].items()},
+        {k: int(v) for k, v in d.get("tuned", {}).items()},
     )

@@ -68,24 +68,42 @@ def analyze(tree: exp.Select, sql: str, ctx: Context) -> Plan:
     builder = AggregateBuilder(scope, sql, values, canon)
     aggs = [builder.add(node) for node in aggregates]
     post = build_post_query(tree, scope, keys, aggs, sql, canon)
+    too_many, notes = _public_group_limit(keys, ctx.policy.model.limits.max_public_groups)
     max_groups = 1
     if keys:
-        max_groups = min(scope.max_groups, scope.max_rows)
         size = 1
         for k in keys:
             size = size * len(k.domain) if k.domain is not None else 0
+        l0 = scope.max_groups
+        if scope.auto_rows and size and too_many is None and not any(s.kind == "units"
+                                                for s in builder.stats.values()):
+            # With a tuned M and public groups, no noise depends on L0 (a unit's total
+            # over all its groups is bounded by M), so groups are not dropped at all:
+            # L0 bounds only what M and the domain already bound.
+            l0 = scope.max_rows
+        max_groups = min(l0, scope.max_rows)
         if size:
             max_groups = min(max_groups, size)
     relation = tree.copy()
     for arg in ("with_", "group", "having", "order", "limit", "offset", "distinct"):
         relation.set(arg, None)
-    too_many, notes = _public_group_limit(keys, ctx.policy.model.limits.max_public_groups)
     return Plan(
         sql=sql, with_=with_.copy() if with_ is not None else None, relation=relation,
         unit=scope.unit, tables=scope.protected_tables, max_rows=scope.max_rows,
         max_groups=max_groups, keys=tuple(keys), stats=tuple(builder.stats.values()),
         aggs=tuple(aggs), post=post, quantiles=builder.quantiles,
-        too_many_groups=too_many, notes=notes)
+        too_many_groups=too_many, notes=notes, auto_rows=scope.auto_rows,
+        auto_columns=_auto_columns(ctx, scope.protected_tables))
+
+
+def _auto_columns(ctx: Context, tables: frozenset[str]) -> frozenset[str]:
+    """Lower-case names of the `bounds: auto` columns of the query's protected tables."""
+    out: set[str] = set()
+    for name in tables:
+        spec = ctx.policy.table(name)
+        if spec is not None:
+            out.update(c.lower() for c, col in spec.columns.items() if col.auto_bounds)
+    return frozenset(out)
 
 
 def _public_group_limit(keys: list[KeySpec], limit: int

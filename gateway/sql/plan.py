@@ -10,7 +10,7 @@ scales to it (:mod:`gateway.query.noise`); nothing in a plan depends on data.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from sqlglot import exp
@@ -154,6 +154,51 @@ class Plan:
     # partition selection (the engine still keeps only keys inside the domains).
     too_many_groups: tuple[int, int] | None = None
     notes: tuple[str, ...] = ()  # said to the analyst with the answer (and by explain)
+    # max_rows is the ceiling of an `auto` bound: each run tunes M <= max_rows privately
+    # (gateway/query/tuning.py) and uses with_max_rows(M).
+    auto_rows: bool = False
+    # Lower-case names of `bounds: auto` columns of its tables: the range of a sum or a
+    # mean whose value reads one of them is tuned per run (gateway/query/tuning.py).
+    auto_columns: frozenset[str] = frozenset()
+
+    @property
+    def tunable_stats(self) -> tuple[StatSpec, ...]:
+        """Sums and moments whose value reads a `bounds: auto` column (by name)."""
+        if not self.auto_columns:
+            return ()
+        return tuple(
+            s for s in self.stats
+            if s.value is not None and (s.kind == "ratio" or (
+                s.kind == "sum" and max(abs(s.lo), abs(s.hi)) > 1))
+            and any(c.name.lower() in self.auto_columns for c in s.value.find_all(exp.Column)))
+
+    def with_value_scale(self, j: int) -> Plan:
+        """This plan with each tunable statistic's range cut to 2^-j of its largest
+        |bound| (never below what the range needs: [lo, hi] keeps its sign), the value
+        clamped again inside its planned range, and the aggregates' bounds with it."""
+        if j == 0 or not self.tunable_stats:
+            return self
+        cut: dict[str, tuple[float, float]] = {}
+        for s in self.tunable_stats:
+            b = max(abs(s.lo), abs(s.hi)) * 2.0 ** -j
+            if s.integral:
+                b = float(math.ceil(b))
+            floor = s.lo if s.lo >= 0 else (-s.hi if s.hi <= 0 else 0.0)
+            b = max(b, floor)
+            cut[s.name] = (max(s.lo, -b), min(s.hi, b))
+        stats = tuple(replace(s, lo=cut[s.name][0], hi=cut[s.name][1],
+                              value=_reclamp(s.value, *cut[s.name], s.integral))
+                      if s.name in cut and s.value is not None else s for s in self.stats)
+        aggs = tuple(replace(a, lo=cut[t][0], hi=cut[t][1]) if (
+            t := next((n for n in a.stats if n in cut), None)) is not None else a
+            for a in self.aggs)
+        return replace(self, stats=stats, aggs=aggs)
+
+    def with_max_rows(self, m: int) -> Plan:
+        """This plan with M = m (<= max_rows): L0 shrinks with it (a unit with m rows
+        touches at most m groups)."""
+        assert 1 <= m <= self.max_rows
+        return replace(self, max_rows=m, max_groups=min(self.max_groups, m), auto_rows=False)
 
     @property
     def partition_selection(self) -> bool:
@@ -169,3 +214,18 @@ class Plan:
             assert k.domain is not None
             size *= len(k.domain)
         return size
+
+
+def _reclamp(value: exp.Expr, lo: float, hi: float, integral: bool) -> exp.Expr:
+    """``value`` (already clamped to a wider range, or NULL) clamped to [lo, hi]; NULL
+    stays NULL (LEAST and GREATEST skip NULL arguments in some engines)."""
+    def lit(v: float) -> exp.Expr:
+        if integral:
+            return exp.Literal.number(int(v))
+        return exp.Cast(this=exp.Literal.number(repr(float(v))),
+                        to=exp.DataType.build("DOUBLE"))
+
+    clamped = exp.Least(this=exp.Greatest(this=value.copy(), expressions=[lit(lo)]),
+                        expressions=[lit(hi)])
+    return exp.Case(ifs=[exp.If(this=exp.Is(this=value.copy(), expression=exp.Null()),
+                                true=exp.Null())], default=clamped)

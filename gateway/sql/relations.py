@@ -182,7 +182,8 @@ class FromAnalyzer:
             columns[UNIT_ALIAS] = ColInfo(UNIT_ALIAS, "int", sensitive=True, is_unit=True)
         return Relation(alias, columns, protected=True, unit_column=unit_col,
                         tables=scope.protected_tables, max_rows=scope.max_rows,
-                        max_groups=scope.max_groups, joined=scope.joined)
+                        max_groups=scope.max_groups, joined=scope.joined,
+                        auto_rows=scope.auto_rows)
 
     def _engine_item(self, item: exp.Expr, typer: Typer) -> exp.Expr:
         """A projected expression as the engine computes it: total, and of the type the

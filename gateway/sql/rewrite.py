@@ -95,21 +95,29 @@ def _bigint(e: exp.Expr) -> exp.Expr:
     return exp.Cast(this=e, to=exp.DataType.build("BIGINT"))
 
 
+def value_columns(plan: Plan) -> tuple[dict[str, str], dict[str, str]]:
+    """The per-row value columns of stage ``__dp_rows``: (value SQL -> column, statistic
+    or quantile name -> its column).  Statistics of one value share a column."""
+    values: dict[str, str] = {}
+    of: dict[str, str] = {}
+    for s in plan.stats:
+        assert s.value is not None
+        text = s.value.sql(dialect="duckdb")
+        of[s.name] = values.setdefault(text, f"__dp_v{len(values)}")
+    for q in plan.quantiles:
+        text = q.value.sql(dialect="duckdb")
+        of[q.name] = values.setdefault(text, f"__dp_v{len(values)}")
+    return values, of
+
+
 class _Rewriter:
     def __init__(self, plan: Plan, grids: Mapping[str, Grid], executor: Executor) -> None:
         self.plan = plan
         self.grids = grids
         self.ex = executor
         self.keys = [k.name for k in plan.keys]
-        self.values: dict[str, str] = {}  # value SQL -> column in __dp_rows
-        self.stat_value: dict[str, str] = {}  # stat name -> value column
-        for s in plan.stats:
-            assert s.value is not None
-            text = s.value.sql(dialect="duckdb")
-            self.stat_value[s.name] = self.values.setdefault(text, f"__dp_v{len(self.values)}")
-        for q in plan.quantiles:
-            text = q.value.sql(dialect="duckdb")
-            self.stat_value[q.name] = self.values.setdefault(text, f"__dp_v{len(self.values)}")
+        # value SQL -> column in __dp_rows; stat name -> value column
+        self.values, self.stat_value = value_columns(plan)
         # COUNT(DISTINCT col) has stages of its own; the per-unit sums handle the rest.
         self.main_stats = [s for s in plan.stats if s.kind != "distinct"]
         self.distinct = [s for s in plan.stats if s.kind == "distinct"]
@@ -356,10 +364,16 @@ class _Rewriter:
             exp.Not(this=exp.Is(this=_col("__dp_bin"), expression=exp.Null())))
         names = {x: f"__dp_q{x}{i}" for x in ("r", "u", "w", "a")}
         count = exp.alias_(exp.Count(this=exp.Star()), "__dp_t", quoted=True)
-        per_unit = exp.select(unit.copy(), count).from_(names["r"]).group_by(unit.copy())
+        # Only units with more than M values need a weight below 1: the join back to
+        # the rows then builds its hash table on those few units (measured about twice
+        # as fast as joining every unit's count at 10M rows).
+        per_unit = exp.select(unit.copy(), count).from_(names["r"]).group_by(
+            unit.copy()).having(exp.GT(this=exp.Count(this=exp.Star()),
+                                       expression=_num(self.plan.max_rows)))
         weights = exp.select(*[k.copy() for k in keys], _col("__dp_bin"),
                              exp.alias_(_sum(self._row_weight()), "__dp_w", quoted=True)
-                             ).from_(names["r"]).join(names["u"], using=["__dp_unit"]).group_by(
+                             ).from_(names["r"]).join(names["u"], using=["__dp_unit"],
+                                                      join_type="left").group_by(
             *[k.copy() for k in keys], _col("__dp_bin"))
         stages: list[tuple[str, exp.Query]] = [(names["r"], rows), (names["u"], per_unit),
                                                (names["w"], weights)]
@@ -379,11 +393,12 @@ class _Rewriter:
 
     def _row_weight(self) -> exp.Expr:
         """A row's weight on the grid 2^-QUANTILE_WEIGHT_BITS when its unit has __dp_t
-        values: 1, or M/t truncated (a unit never weighs more than M)."""
+        values: 1 (t <= M: the unit is not among the heavy ones, __dp_t is NULL), or
+        M/t truncated (a unit never weighs more than M)."""
         one = 2 ** QUANTILE_WEIGHT_BITS
         m = self.plan.max_rows
         return exp.Case(
-            ifs=[exp.If(this=exp.LTE(this=_col("__dp_t"), expression=_num(m)),
+            ifs=[exp.If(this=exp.Is(this=_col("__dp_t"), expression=exp.Null()),
                         true=_num(one))],
             default=_bigint(exp.Floor(this=exp.Div(this=_double(m * one),
                                                    expression=_col("__dp_t")))))

@@ -72,6 +72,8 @@ class Relation:
     max_rows: int = 1
     max_groups: int = 1
     node: exp.Expr | None = None  # the Table or Subquery node in the tree
+    # max_rows is a ceiling to be tuned per query (`max_rows_per_unit: {auto: ...}`).
+    auto_rows: bool = False
     # How many protected relations (each cut to M rows per unit) were joined to make
     # this one: one unit yields at most M^joined of its rows.
     joined: int = 1
@@ -92,6 +94,7 @@ class Scope:
     protected_tables: frozenset[str] = frozenset()
     max_rows: int = 1
     max_groups: int = 1
+    auto_rows: bool = False  # some protected relation's M is tuned per query
     joined: int = 1  # protected relations joined (see Relation.joined)
     # Protected relations that meet another protected relation: each is cut to
     # max_rows_per_unit rows per unit before the join.
@@ -180,7 +183,7 @@ def base_relation(policy: Policy, table: exp.Table, table_columns: Callable[[str
             t, _, k = c.public_values_from.partition(".")
             values_from = (policy.canonical_table_name(t) or t, k)
         cols[cname.lower()] = ColInfo(
-            cname, c.type, bounds=c.numeric_bounds, raw_bounds=c.bounds,
+            cname, c.type, bounds=c.numeric_bounds, raw_bounds=c.planning_bounds,
             public_values=c.public_values, values_from=values_from,
             sensitive=c.role is not None or cname == spec.privacy_unit,
             is_unit=cname == spec.privacy_unit,
@@ -190,8 +193,8 @@ def base_relation(policy: Policy, table: exp.Table, table_columns: Callable[[str
         unit = row_id
         cols[row_id] = ColInfo(row_id, "int", sensitive=True, is_unit=True)
     return Relation(alias, cols, protected=True, unit_column=unit, tables=frozenset({name}),
-                    max_rows=spec.max_rows_per_unit, max_groups=spec.max_groups_per_unit,
-                    node=table)
+                    max_rows=spec.rows_ceiling, max_groups=spec.max_groups_per_unit,
+                    node=table, auto_rows=spec.rows_auto)
 
 
 def check_row_wise(select: exp.Select, sql: str, what: str) -> None:
@@ -230,6 +233,8 @@ def join_scope(relations: list[tuple[Relation, exp.Join | None]], sql: str) -> S
             # The merged column is the left one on inner and left joins, the right one
             # (every right row is kept) on right joins; FULL joins stay ambiguous.
             name = ident.name.lower()
+            assert join is not None
+            _check_using_types(name, rel, list(scope.relations.values()), join, sql)
             left = [r.alias for r in scope.relations.values() if r.column(name) is not None]
             if left and side in ("", "LEFT"):
                 scope.merged.setdefault(name, left[0])
@@ -245,6 +250,7 @@ def join_scope(relations: list[tuple[Relation, exp.Join | None]], sql: str) -> S
         scope.protected_tables = frozenset().union(*(r.tables for r in protected))
         scope.max_rows = min(r.max_rows for r in protected)
         scope.max_groups = min(r.max_groups for r in protected)
+        scope.auto_rows = any(r.auto_rows for r in protected)
         scope.joined = sum(r.joined for r in protected)
         if scope.joined > MAX_PROTECTED_JOINED:
             raise QueryRejected(
@@ -321,6 +327,34 @@ def check_fan_out(relations: list[tuple[Relation, exp.Join | None]], scope: Scop
             hint=f"join {alias} with an equality on one of its unique columns ({keys}), e.g. "
             f"ON <protected>.col = {alias}.<unique column>; other conditions may follow "
             "with AND", rule="join_fan_out", span=span_of(node or exp.Null(), sql))
+
+
+# Types the engine may compare in a USING equality without a conversion that can fail:
+# equal types, or an integer beside a float (BIGINT -> DOUBLE is total).
+_NUMBERS = frozenset({"int", "float"})
+
+
+def _check_using_types(name: str, rel: Relation, earlier: list[Relation], join: exp.Join,
+                       sql: str) -> None:
+    """``USING (c)`` makes the engine compare ``left.c = right.c`` itself, converting one
+    side when the types differ; a conversion that fails on some rows (text to a number,
+    a date beyond the timestamp range) would be an error that depends on the data.  The
+    two sides must have the same type (or be numbers), as an ON equality must."""
+    mine = rel.column(name)
+    for other in earlier:
+        theirs = other.column(name)
+        if mine is None or theirs is None:
+            continue
+        a, b = mine.type, theirs.type
+        if (a == b and a != "unknown") or {a, b} <= _NUMBERS:
+            continue
+        raise QueryRejected(
+            f"JOIN ... USING ({name}) compares {other.alias}.{name} ({b}) with "
+            f"{rel.alias}.{name} ({a}): the engine would convert one of them, and a "
+            "conversion can fail on some values",
+            hint="give both sides the same type, e.g. CAST one of them in its subquery, or "
+            "join with ON and an explicit comparison", rule="join_types",
+            span=span_of(join, sql))
 
 
 def _key_edges(side: exp.Expr, other: exp.Expr, scope: Scope, sql: str

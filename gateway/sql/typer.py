@@ -325,8 +325,8 @@ class Typer:
         cast = exp.Cast(this=lit.copy(), to=exp.DataType.build(ENGINE_TYPE[kind]))
         if not self.constant_ok(cast):
             word = _kind_word(Typed(kind))
-            raise self._reject(parent, f"{lit.sql(dialect='duckdb')} is not {word} value, but "
-                               f"it is compared with {word}",
+            raise self._reject(parent, f"{lit.sql(dialect='duckdb')} is not {word} value (it "
+                               f"cannot be converted), but it meets {word} here",
                                "write dates as 'YYYY-MM-DD', numbers as digits and booleans as "
                                "TRUE/FALSE", rule="constant")
 
@@ -348,8 +348,13 @@ class Typer:
             # Two decimals meet at a common precision and scale, which can overflow
             # (DECIMAL(38,0) against DECIMAL(38,37)): not total unless both are constants.
             return a.kind != "decimal"
-        # Both sides are converted to a common type; literals once, at bind time.
+        # Both sides are converted to a common type.  A constant's conversion is folded
+        # at bind time only when it succeeds (else it runs per row, on the rows that
+        # reach it): it is checked now.
         common = Typed(_common({a.kind, b.kind}))
+        for t, e in ((a, x), (b, y)):
+            if t.literal and t.kind != common.kind:
+                self._literal_converts(e.unnest(), common.kind, node)
         return all(t.literal or _widens(t, common) for t in (a, b))
 
     def _unify(self, nodes: Sequence[exp.Expr], parent: exp.Expr, what: str) -> Typed:
@@ -368,7 +373,10 @@ class Typer:
         kind = _common({t.kind for _, t in data})
         target = Typed(kind)
         for n, t in typed:
-            if t.literal and t.kind == "text" and kind != "text":
+            if t.literal and t.kind != kind:
+                # The engine converts a constant branch per row, only on the rows that
+                # take it (a conversion it could not fold at bind time is left for run
+                # time): it must be known to succeed now.
                 self._literal_converts(n.unnest(), kind, parent)
             elif not t.literal and t.kind != kind:
                 total = total and _widens(t, target)

@@ -133,15 +133,19 @@ _EXPLAINED: dict[type[exp.Expr], tuple[str, str]] = {
     exp.Parameter: ("query parameters must be bound before planning",
                     "bind the parameter values (the client library does this)"),
 }
-# Inside a FROM, a CTE or a subquery, a set operation combines raw rows before they are
-# aggregated: one unit's rows could count in several branches, beyond its bound.  At
-# the top of a statement it combines released results (gateway/query/compound.py).
+# Inside a FROM, a CTE or a subquery, a set operation of raw rows combines them before
+# they are aggregated: one unit's rows could count in several branches, beyond its
+# bound.  At the top of a statement, or as the one source of an outer SELECT when every
+# branch is a DP query of its own, it combines released results instead: those shapes
+# are answered before this check runs (gateway/query/compound.py).
 _SET_OPERATION = (
     "UNION, INTERSECT and EXCEPT are supported only at the top of a statement, between "
-    "aggregate SELECTs (inside a FROM, CTE or subquery they would combine raw rows, and "
+    "aggregate SELECTs, or as the one source in FROM of an outer SELECT when every one "
+    "of them aggregates (inside a FROM, CTE or subquery raw rows would be combined, and "
     "one user's rows could count in several branches)",
     "aggregate each part on its own and combine the results: SELECT ... UNION ALL "
-    "SELECT ... [ORDER BY ... LIMIT ...]")
+    "SELECT ... [ORDER BY ... LIMIT ...], or SELECT ... FROM (SELECT ... UNION ALL "
+    "SELECT ...) AS t [WHERE ...]")
 _EXPLAINED.update({exp.Union: _SET_OPERATION, exp.Intersect: _SET_OPERATION,
                    exp.Except: _SET_OPERATION})
 

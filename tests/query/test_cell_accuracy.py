@@ -125,6 +125,17 @@ def test_a_wrapper_that_scales_or_aggregates(gw: Gateway) -> None:
     assert any("'top'" in n for n in r.notes) and not any("'k'" in n for n in r.notes)
 
 
+def test_a_star_with_modifiers_never_understates(gw: Gateway) -> None:
+    """``* REPLACE (n * 1000 AS n)`` changes a column behind a star: no half-width
+    (the plain star keeps the count's)."""
+    inner = "(SELECT COUNT(*) AS n FROM visits) w"
+    plain = gw.query(f"SELECT * FROM {inner}", epsilon=1.0)
+    assert plain.ci95[0][0] is not None
+    for star in ("* REPLACE (n * 1000 AS n)", "* RENAME (n AS m)"):
+        r = gw.query(f"SELECT {star} FROM {inner}", epsilon=1.0)
+        assert r.ci95 == [(None,)] and r.noisy == (True,)
+
+
 def test_ratio_of_aggregates_is_null_with_a_note(gw: Gateway) -> None:
     r = gw.query("SELECT device, SUM(spend) / COUNT(*) AS per_visit, COUNT(*) AS n "
                  "FROM visits GROUP BY device", epsilon=1.0)

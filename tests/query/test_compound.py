@@ -26,6 +26,7 @@ from gateway.errors import BackendError, BudgetExceeded, QueryRejected
 from gateway.privacy import calibration
 from gateway.query import perturb
 from gateway.query.compound import MAX_BRANCHES
+from tests.query import selection_spy
 from tests.support import ROOT, web_policy
 
 MOBILE_TV = ("SELECT 'mobile' AS device, COUNT(*) AS n FROM visits WHERE device = 'mobile' "
@@ -283,7 +284,7 @@ def test_a_failing_branch_keeps_the_charge(spied: tuple[Gateway, Spy]) -> None:
 class Samplers:
     def __init__(self) -> None:
         self.scales: list[tuple[str, float]] = []
-        self.partitions: list[tuple[float, float, int]] = []
+        self.partitions: list[tuple[str, tuple[Any, ...]]] = []  # see selection_spy.py
         self.quantiles: list[tuple[float, float, float]] = []
 
 
@@ -298,17 +299,13 @@ def samplers(monkeypatch: pytest.MonkeyPatch) -> Samplers:
             return _real(scale, *args)
 
         monkeypatch.setattr(perturb, name, wrapped)
-    real_ps, real_q = perturb.select_partitions, perturb.select_quantile_bins
-
-    def partitions(units: Any, eps: float, delta: float, l0: int, rng: Any) -> Any:
-        found.partitions.append((eps, delta, l0))
-        return real_ps(units, eps, delta, l0, rng)
+    real_q = perturb.select_quantile_bins
+    selection_spy.install(monkeypatch, found.partitions)
 
     def quantiles(weights: Any, alpha: float, eps: float, sens: float, rng: Any) -> Any:
         found.quantiles.append((alpha, eps, sens))
         return real_q(weights, alpha, eps, sens, rng)
 
-    monkeypatch.setattr(perturb, "select_partitions", partitions)
     monkeypatch.setattr(perturb, "select_quantile_bins", quantiles)
     return found
 
@@ -371,8 +368,8 @@ def test_charge_is_the_composition_of_the_samplers_parameters(
             assert sens == pytest.approx(max(alpha, 1 - alpha) * plan.max_rows)
             eps_total += eps_q
         if plan.partition_selection:
-            eps_ps, delta_ps, l0 = next(parts)
-            assert l0 == plan.max_groups
+            eps_ps, delta_ps = selection_spy.selection_cost(
+                next(parts), plan, cal, {s.name: sc for s, sc in zip(noisy, got, strict=True)})
             eps_total += eps_ps
             delta_total += delta_ps
     for rest in (scales, parts, ranks):

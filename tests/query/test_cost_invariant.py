@@ -21,11 +21,13 @@ import yaml
 from gateway import Gateway
 from gateway.privacy import calibration
 from gateway.query import perturb
+from tests.query import selection_spy
 
 HERE = Path(__file__).resolve().parents[1] / "sql" / "golden"
 CASES = [c["sql"] for c in yaml.safe_load((HERE / "cases.yaml").read_text())]
 PARTITIONS = [
     "SELECT duration_s, COUNT(*) FROM visits GROUP BY duration_s",
+    "SELECT duration_s, COUNT(DISTINCT user_id) FROM visits GROUP BY duration_s",
     "SELECT spend, AVG(age) AS a, COUNT(*) AS n FROM visits GROUP BY spend",
     "SELECT duration_s, device, SUM(spend) FROM visits GROUP BY duration_s, device",
     "SELECT DISTINCT spend FROM visits",
@@ -51,7 +53,8 @@ def gw(tmp_path_factory: pytest.TempPathFactory) -> Any:
 class Spy:
     def __init__(self) -> None:
         self.scales: list[tuple[str, float]] = []
-        self.partitions: list[tuple[float, float, int]] = []
+        # (strategy, parameters) per partition-selection sampler call (selection_spy.py)
+        self.partitions: list[tuple[str, tuple[Any, ...]]] = []
         self.quantiles: list[tuple[float, float, float]] = []  # (rank, ε, sensitivity)
 
 
@@ -66,13 +69,7 @@ def spy(monkeypatch: pytest.MonkeyPatch) -> Spy:
             return _real(scale, *args)
 
         monkeypatch.setattr(perturb, name, wrapped)
-    real_ps = perturb.select_partitions
-
-    def partitions(units: Any, eps: float, delta: float, l0: int, rng: Any) -> Any:
-        found.partitions.append((eps, delta, l0))
-        return real_ps(units, eps, delta, l0, rng)
-
-    monkeypatch.setattr(perturb, "select_partitions", partitions)
+    selection_spy.install(monkeypatch, found.partitions)
     real_q = perturb.select_quantile_bins
 
     def quantiles(weights: Any, alpha: float, eps: float, sens: float, rng: Any) -> Any:
@@ -133,8 +130,12 @@ def test_charge_is_the_composition_of_the_samplers_parameters(gw: Gateway, spy: 
     for alpha, eps_q, sens in spy.quantiles:
         assert sens == pytest.approx(max(alpha, 1 - alpha) * plan.max_rows)
         eps_total += eps_q
-    for eps_ps, delta_ps, l0 in spy.partitions:
-        assert l0 == plan.max_groups
+    # Partition selection: its own sampler's (ε, δ), or a threshold on a released count
+    # whose δ follows from τ and the noise that count's sampler got (selection_spy.py).
+    assert len(spy.partitions) == (1 if plan.partition_selection else 0)
+    for call in spy.partitions:
+        eps_ps, delta_ps = selection_spy.selection_cost(
+            call, plan, prep.cal, {s.name: sc for s, sc in zip(noisy, spy.scales, strict=True)})
         eps_total += eps_ps
         delta_total += delta_ps
     assert result.epsilon_spent == pytest.approx(eps_total, rel=1e-9)

@@ -24,6 +24,8 @@ from gateway.errors import BackendError, GatewayError, QueryRejected
 
 ANALYST = "sidechannel"
 _REQUEST_ID = re.compile(r"\b[0-9a-f]{32}\b")  # a fresh id per request, not data
+# A bound tuned privately is part of the (noisy) answer, like the values.
+_TUNED = re.compile(r"tuned privately for this query: .*?, chosen from")
 CRASH = "crash"  # an exception outside gateway.errors: always a failure
 TIMEOUT = "timeout"
 
@@ -113,7 +115,7 @@ def _run(gw: Gateway, sql: str, epsilon: float, delta: float, mechanism: str, n_
     return Outcome("ok", "", r.epsilon_spent, r.delta_spent,
                    tuple((c.name, c.type) for c in r.columns), keys, len(r.rows),
                    r.rows[0] if r.rows else None, seconds, compare_rows=keys_public,
-                   notes=tuple(r.notes))
+                   notes=tuple(_TUNED.sub("tuned: <bounds>", n) for n in r.notes))
 
 
 def _plans(gw: Gateway, sql: str) -> list[Any]:

@@ -215,6 +215,13 @@ def policy_dict(paths: dict[str, Path]) -> dict[str, Any]:
                         "max_rows_per_unit": M, "max_groups_per_unit": L0, "columns": cols}
                  for name, cols in COLUMNS.items()}
     protected["t2"]["schema"] = T2_SCHEMA  # queries may write lake.t2
+    # t2's M is tuned per query (a DP histogram of rows per unit picks it, up to M):
+    # queries over it run the tuning step too.
+    protected["t2"]["max_rows_per_unit"] = {"auto": True, "max": M}
+    # ... and sums and means of x get a range tuned inside its bounds.
+    protected["t2"]["columns"] = {**protected["t2"]["columns"],
+                                  "x": {"type": "float", "bounds": "auto",
+                                        "limits": list(X_BOUNDS)}}
     return {
         "dataset": DATASET,
         "tables": {**protected, "pub": {"source": str(paths["pub"]), "public": True}},

@@ -14,7 +14,9 @@ columns); CTEs and subqueries in FROM.  Kinds: plain aggregates, GROUP BY with
 aggregates (HAVING, ORDER BY, LIMIT), SELECT DISTINCT and GROUP BY without
 aggregates, aggregates only in HAVING / ORDER BY, and wrappers around a DP query;
 grouping by a key whose public values include NULL, and public keys whose domains
-multiply past ``limits.max_public_groups`` (partition selection with δ, refused without).
+multiply past ``limits.max_public_groups`` (partition selection with δ, refused without),
+and keys without public values with aggregates that steer partition selection to each of
+its strategies.
 """
 
 from __future__ import annotations
@@ -221,6 +223,33 @@ def many_groups_query(rng: random.Random) -> Query:
     return Query(sql, "t|many_groups", len(keys), True, mechanism, delta)
 
 
+# Aggregates that steer partition selection to each of its strategies (query/noise.py):
+# a released count to threshold (units, rows, the row count behind AVG), none (the
+# truncated geometric or Gaussian thresholding), or no aggregate at all (DISTINCT).
+PARTITION_AGGS = [["COUNT(DISTINCT t.uid)"], ["COUNT(*)"], ["COUNT(t.f)", "SUM(t.f)"],
+                  ["AVG(t.f)"], ["SUM(t.f)"], ["MEDIAN(t.f)"],
+                  ["COUNT(*)", "COUNT(DISTINCT t.uid)"], []]
+
+
+def partition_query(rng: random.Random) -> Query:
+    """A key without public values, with aggregates that make calibration choose each
+    partition-selection strategy in turn (threshold on a released count, truncated
+    geometric, Gaussian thresholding), under both mechanisms: the choice and the charge
+    come from the plan, so they must be the same on D and D′."""
+    key = rng.choice(["t.s", "SUBSTRING(t.s, 1, 2)", "t.i"])
+    aggs = list(rng.choice(PARTITION_AGGS))
+    if aggs and rng.random() < 0.3:
+        aggs[0] += f" FILTER (WHERE {Gen(rng, table_cols('t')).pred(1)})"
+    mechanism = rng.choice(["laplace", "gaussian"])
+    table, gate = _name(rng, "t"), _gate("t.uid", rng)
+    if not aggs:
+        sql = f"SELECT DISTINCT {key} AS k0 FROM {table} t WHERE {gate}"
+    else:
+        items = ", ".join(f"{a} AS a{i}" for i, a in enumerate(aggs))
+        sql = f"SELECT {key} AS k0, {items} FROM {table} t WHERE {gate} GROUP BY 1"
+    return Query(sql, f"t|partition({len(aggs)} aggs)", 1, False, mechanism)
+
+
 def union_query(rng: random.Random) -> Query:
     """Several gated DP SELECTs in one statement (UNION ALL mostly; UNION, INTERSECT,
     EXCEPT), ORDER BY / LIMIT over them: planned branch by branch, charged once.  The
@@ -265,6 +294,8 @@ def query(rng: random.Random) -> Query:
         return many_groups_query(rng)
     if special < 0.16:
         return union_query(rng)
+    if special < 0.20:
+        return partition_query(rng)
     src = source(rng)
     g = Gen(rng, src.cols)
     conds = [src.gate] if src.gate else []

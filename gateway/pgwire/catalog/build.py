@@ -87,7 +87,10 @@ def _describe_column(col: Mapping[str, Any]) -> str | None:
     if role == "identifier":
         return "identifier: may not be selected, grouped or aggregated"
     parts = []
-    if col.get("bounds") is not None:
+    if col.get("bounds") == "auto":
+        lo, hi = col["limits"]
+        parts.append(f"bounds tuned per query inside [{lo}, {hi}] (values outside are clamped)")
+    elif col.get("bounds") is not None:
         lo, hi = col["bounds"]
         parts.append(f"bounds [{lo}, {hi}] (values outside are clamped)")
     values = col.get("public_values")
