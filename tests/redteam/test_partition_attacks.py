@@ -130,7 +130,8 @@ def test_quantile_and_distinct_only_groups_are_not_returned(victim_only: Any) ->
 @pytest.mark.parametrize("mechanism", ["laplace", "gaussian"])
 def test_choice_and_charge_same_on_neighbours(pair: Any, mechanism: str) -> None:
     """Held: strategy, τ, explain and the charge do not depend on the victim."""
-    for sql in [*THRESHOLDED[:4], "SELECT DISTINCT tag FROM t", "SELECT tag, SUM(x) AS s FROM t GROUP BY tag"]:
+    for sql in [*THRESHOLDED[:4], "SELECT DISTINCT tag FROM t",
+                "SELECT tag, SUM(x) AS s FROM t GROUP BY tag"]:
         ex = [g.explain(sql, epsilon=1.0, delta=1e-6, mechanism=mechanism) for g in pair]
         assert ex[0].partition_selection == ex[1].partition_selection
         assert (ex[0].epsilon_cost, ex[0].delta_cost) == (ex[1].epsilon_cost, ex[1].delta_cost)
