@@ -213,8 +213,29 @@ class TableSpec(_Strict):
     max_rows_per_unit: int | AutoBound = Field(
         default=1, description="rows one unit may contribute to a query, or {auto: true, "
         "max: N}: tuned privately per query up to N")
-    max_groups_per_unit: int = Field(default=1, ge=1, le=100_000)
+    max_groups_per_unit: int | AutoBound = Field(
+        default=1, description="groups one unit may touch in a query, or {auto: true, max: "
+        "N}: tuned privately per query up to N")
     columns: dict[str, ColumnSpec] = Field(default_factory=dict)
+
+    @field_validator("max_groups_per_unit")
+    @classmethod
+    def _groups_range(cls, v: int | AutoBound) -> int | AutoBound:
+        n = v.max if isinstance(v, AutoBound) else v
+        if n < 1:
+            raise ValueError("max_groups_per_unit must be at least 1: use a larger number")
+        if n > 100_000:
+            raise ValueError("max_groups_per_unit must be at most 100000: use a smaller number")
+        return v
+
+    @property
+    def groups_ceiling(self) -> int:
+        g = self.max_groups_per_unit
+        return g.max if isinstance(g, AutoBound) else g
+
+    @property
+    def groups_auto(self) -> bool:
+        return isinstance(self.max_groups_per_unit, AutoBound)
 
     @field_validator("max_rows_per_unit")
     @classmethod

@@ -325,8 +325,7 @@ class Gateway:
         notes = [*plan.notes, *_cell_notes(plan, out)]
         if release.tuned:
             assert isinstance(cal, TunedCalibration)
-            notes.append(tuned_note(plan, cal, (release.tuned["max_rows_per_unit"],
-                                                release.tuned.get("range_cut", 0))))
+            notes.append(tuned_note(plan, cal, _choice_of(release, cal)))
         return out, accuracy, notes
 
     @staticmethod
@@ -337,7 +336,7 @@ class Gateway:
         assert cal is not None
         if not release.tuned or not isinstance(cal, TunedCalibration):
             return prep.plan, cal
-        choice = (release.tuned["max_rows_per_unit"], release.tuned.get("range_cut", 0))
+        choice = _choice_of(release, cal)
         noise = cal.at(choice)
         assert noise is not None  # it was chosen among the allowed ones
         return tuned_plan(prep.plan, choice), noise
@@ -409,8 +408,9 @@ class Gateway:
             tree, permit=permit, params={SALT: secrets.randbits(62)} if salted else None,
             timeout_s=timeout, sql=sql)
         release = perturb(plan_m, cal_m, result, self._rng)
-        return encode_release(replace(release, tuned={"max_rows_per_unit": choice[0],
-                                                      "range_cut": choice[1]}))
+        return encode_release(replace(release, tuned={
+            "max_rows_per_unit": choice[0], "range_cut": choice[1],
+            "max_groups_per_unit": choice[2]}))
 
     def _accuracy(self, plan: Plan, cal: Calibration, table: Any | None,
                   names: list[str] | None) -> list[Accuracy]:
@@ -593,7 +593,9 @@ class Gateway:
             tables[name] = {"public": False, "privacy_unit": spec.privacy_unit,
                             "max_rows_per_unit": spec.rows_ceiling,
                             **({"max_rows_per_unit_auto": True} if spec.rows_auto else {}),
-                            "max_groups_per_unit": spec.max_groups_per_unit, "columns": cols}
+                            "max_groups_per_unit": spec.groups_ceiling,
+                            **({"max_groups_per_unit_auto": True} if spec.groups_auto else {}),
+                            "columns": cols}
             if spec.schema_ is not None:
                 tables[name]["schema"] = spec.schema_
         return {"dataset": self.policy.dataset, "policy_version": self.policy.version,
@@ -680,3 +682,11 @@ def _plain(v: Any) -> Any:
     if hasattr(v, "isoformat"):
         return v.isoformat()
     return v
+
+
+def _choice_of(release: NoisyStats, cal: TunedCalibration) -> tuple[int, int, int]:
+    """The tuned bounds a release records (M, range cut, L0)."""
+    assert cal.tuning is not None
+    t = release.tuned
+    return (t["max_rows_per_unit"], t.get("range_cut", 0),
+            t.get("max_groups_per_unit", cal.tuning.group_choices[-1]))

@@ -238,6 +238,9 @@ class SchemaTable(BaseModel):
         default=None, description="true: max_rows_per_unit is a ceiling; each query tunes "
         "its bound privately (the result's notes say which)")
     max_groups_per_unit: int | None = None
+    max_groups_per_unit_auto: bool | None = Field(
+        default=None, description="true: max_groups_per_unit is a ceiling; each query that "
+        "depends on it tunes it privately")
     columns: list[SchemaColumn]
 
 

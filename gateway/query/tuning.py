@@ -75,7 +75,8 @@ def candidates(ceiling: int) -> tuple[int, ...]:
 # the last bin below.  With `bounds: auto` the range is cut to B/2^j for one such j.
 VALUE_BINS = 20
 
-Choice = tuple[int, int]  # (M, j): max_rows_per_unit, and the range cut to 2^-j
+# (M, j, L0): max_rows_per_unit, the range cut to 2^-j, max_groups_per_unit
+Choice = tuple[int, int, int]
 
 
 @dataclass(frozen=True)
@@ -90,6 +91,11 @@ class TuningNoise:
     value_bound: float = 1.0  # its largest |bound|
     scales: tuple[int, ...] = (0,)  # range cuts j offered (0: the planned range)
     value_mode: str = "mean"  # "mean" |value| per unit, or "max" when ranges are tuned
+    # Candidate L0s, ascending, when max_groups_per_unit is tuned (else ()): bin i of the
+    # groups axis is [groups[i], groups[i+1]), the last one above the ceiling.
+    groups: tuple[int, ...] = ()
+    group_keys: tuple[str, ...] = ()  # the key columns of __dp_rows
+    groups_ceiling: int = 1  # the plan's L0 when it is not tuned
 
     @property
     def ceiling(self) -> int:
@@ -105,16 +111,24 @@ class TuningNoise:
         return VALUE_BINS if self.value_column is not None else 1
 
     @property
+    def group_bins(self) -> int:
+        return len(self.groups) + 1 if self.groups else 1
+
+    @property
+    def group_choices(self) -> tuple[int, ...]:
+        return self.groups or (self.groups_ceiling,)
+
+    @property
     def bins(self) -> int:
-        return self.row_bins * self.value_bins
+        return self.row_bins * self.value_bins * self.group_bins
 
     @property
     def scale(self) -> float:
         return 1.0 / self.epsilon
 
     def event(self) -> DiscreteLaplaceEvent:
-        # Each unit is in exactly one cell (its row-count bin × its value bin): L1
-        # sensitivity 1, discrete Laplace of scale 1/ε.
+        # Each unit is in exactly one cell (its row-count bin × value bin × groups bin):
+        # L1 sensitivity 1, discrete Laplace of scale 1/ε.
         return DiscreteLaplaceEvent(self.epsilon, 1)
 
 
@@ -131,9 +145,13 @@ def _signature(events: tuple[PrivacyEvent, ...]) -> list[dict[str, Any]]:
 
 def tuned_plan(plan: Plan, choice: Choice) -> Plan:
     """``plan`` with the bounds of ``choice``."""
-    m, j = choice
+    m, j, groups = choice
     out = plan.with_value_scale(j)
-    return out.with_max_rows(m) if plan.auto_rows else replace(out, auto_columns=frozenset())
+    if plan.auto_groups:
+        out = out.with_max_groups(groups)
+    if plan.auto_rows:
+        out = out.with_max_rows(m)
+    return replace(out, auto_columns=frozenset())
 
 
 @dataclass(frozen=True)
@@ -149,7 +167,8 @@ class TunedCalibration(Calibration):
     tuning: TuningNoise | None = None
     plan: Plan | None = field(default=None, compare=False, repr=False)
     rest: float = 0.0  # ε of the main release
-    request: tuple[float, str] = (0.0, "laplace")  # (δ, mechanism) of the main release
+    # (δ, mechanism, partition-selection strategy) of the main release
+    request: tuple[float, str, str | None] = (0.0, "laplace", None)
     _at: dict[Choice, Calibration | None] = field(default_factory=dict, compare=False,
                                                    repr=False)
 
@@ -166,7 +185,7 @@ class TunedCalibration(Calibration):
     @property
     def ceiling(self) -> Choice:
         assert self.tuning is not None
-        return (self.tuning.ceiling, 0)
+        return (self.tuning.ceiling, 0, self.tuning.group_choices[-1])
 
     def at(self, choice: Choice) -> Calibration | None:
         """The calibration of ``choice``, or None if it is not allowed (its events would
@@ -177,7 +196,9 @@ class TunedCalibration(Calibration):
             assert self.plan is not None
             found: Calibration | None
             try:
-                found = calibrate(tuned_plan(self.plan, choice), self.rest, *self.request)
+                delta, mechanism, selection = self.request
+                found = calibrate(tuned_plan(self.plan, choice), self.rest, delta, mechanism,
+                                  selection=selection)
             except QueryRejected:
                 found = None
             if found is not None and _signature(found.events) != _signature(self.main.events):
@@ -189,7 +210,8 @@ class TunedCalibration(Calibration):
         assert self.tuning is not None
         t = self.tuning
         body = [self.main.fingerprint(), repr(t.epsilon), list(t.edges), t.cells,
-                list(t.scales), t.value_column, repr(t.value_bound), t.value_mode]
+                list(t.scales), t.value_column, repr(t.value_bound), t.value_mode,
+                list(t.groups), list(t.group_keys), t.groups_ceiling]
         return hashlib.sha256(json.dumps(body).encode()).hexdigest()
 
 
@@ -200,18 +222,42 @@ def calibrate_query(plan: Plan, epsilon: float, delta: float, mechanism: str,
     otherwise there is nothing to tune, and the ceiling costs nothing more)."""
     rows = plan.auto_rows and _depends_on_rows(plan)
     ranges = bool(plan.tunable_stats)
-    if not (rows or ranges):
+    groups = plan.auto_groups and _depends_on_groups(plan)
+    if not (rows or ranges or groups):
         return calibrate(plan, epsilon, delta, mechanism)
     eps_t = epsilon * share
     rest = epsilon - eps_t
-    base = calibrate(plan, rest, delta, mechanism)
+    base, selection = _base(plan, rest, delta, mechanism, groups)
     edges = candidates(plan.max_rows) if rows else (plan.max_rows,)
     column, bound = _summarised_value(plan)
     tuning = TuningNoise(eps_t, edges, plan.domain_size or 1, column, bound,
                          tuple(range(VALUE_BINS)) if ranges else (0,),
-                         "max" if ranges else "mean")
+                         "max" if ranges else "mean",
+                         candidates(plan.max_groups) if groups else (),
+                         tuple(k.name for k in plan.keys), plan.max_groups)
     return TunedCalibration(**{f.name: getattr(base, f.name) for f in fields(Calibration)},
-                            tuning=tuning, plan=plan, rest=rest, request=(delta, mechanism))
+                            tuning=tuning, plan=plan, rest=rest,
+                            request=(delta, mechanism, selection))
+
+
+# Partition-selection strategies whose events do not depend on L0 (the Gaussian
+# threshold splits δ by L0), preferred in this order when L0 is tuned.
+_L0_FREE = ("threshold", "truncated_geometric")
+
+
+def _base(plan: Plan, rest: float, delta: float, mechanism: str, groups: bool
+          ) -> tuple[Calibration, str | None]:
+    """The ceiling's calibration, and the partition-selection strategy every choice must
+    keep: with L0 tuned, one whose events are the same at every L0 (else no smaller L0
+    could be offered), the first of _L0_FREE that applies."""
+    if not (groups and plan.partition_selection):
+        return calibrate(plan, rest, delta, mechanism), None
+    for strategy in _L0_FREE:
+        try:
+            return calibrate(plan, rest, delta, mechanism, selection=strategy), strategy
+        except QueryRejected:
+            continue
+    return calibrate(plan, rest, delta, mechanism), None
 
 
 def _summarised_value(plan: Plan) -> tuple[str | None, float]:
@@ -224,6 +270,12 @@ def _summarised_value(plan: Plan) -> tuple[str | None, float]:
                 (s.kind == "ratio" and s.power >= 1):
             return column_of[s.name], max(abs(s.lo), abs(s.hi), 1e-300)
     return None, 1.0
+
+
+def _depends_on_groups(plan: Plan) -> bool:
+    """Does some noise grow with L0 (unit counts per group, partition selection)?"""
+    return plan.max_groups > 1 and (plan.partition_selection or any(
+        s.kind == "units" for s in plan.stats))
 
 
 def _depends_on_rows(plan: Plan) -> bool:
@@ -257,13 +309,17 @@ def histogram_query(tree: exp.Select, tuning: TuningNoise) -> exp.Select:
             exp.Avg(this=magnitude)
         items.append(exp.alias_(summary, "__dp_mv", quoted=True))
     per_unit = exp.select(*items).from_("__dp_rows").group_by(unit.copy())
-    edges = tuning.edges
-    ifs = [exp.If(this=exp.GT(this=t.copy(), expression=exp.Literal.number(edges[-1])),
-                  true=exp.Literal.number(len(edges)))]
-    for i in range(len(edges) - 1, 0, -1):
-        ifs.append(exp.If(this=exp.GTE(this=t.copy(), expression=exp.Literal.number(edges[i])),
-                          true=exp.Literal.number(i)))
-    cell: exp.Expr = exp.Case(ifs=ifs, default=exp.Literal.number(0))
+    if tuning.groups:
+        # Groups per unit: its distinct keys (DISTINCT treats NULL keys as one group, as
+        # GROUP BY does), joined to its row count by the unit.
+        keys = [exp.column(k, quoted=True) for k in tuning.group_keys]
+        pairs = exp.select(unit.copy(), *keys).from_("__dp_rows").distinct()
+        counted = exp.select(unit.copy(), exp.alias_(exp.Count(this=exp.Star()), "__dp_g",
+                                                     quoted=True)
+                             ).from_(pairs.subquery("__dp_pairs")).group_by(unit.copy())
+        per_unit = exp.select(exp.Star()).from_(per_unit.subquery("__dp_rows_of")).join(
+            counted.subquery("__dp_groups_of"), using=["__dp_unit"])
+    cell: exp.Expr = _ladder(t, tuning.edges)
     if tuning.value_column is not None:
         mv = exp.column("__dp_mv", quoted=True)
         vifs = [exp.If(this=exp.GT(this=mv.copy(), expression=exp.Cast(
@@ -274,6 +330,11 @@ def histogram_query(tree: exp.Select, tuning: TuningNoise) -> exp.Select:
         cell = exp.Add(this=exp.Mul(this=exp.Paren(this=cell),
                                     expression=exp.Literal.number(VALUE_BINS)),
                        expression=vbin)
+    if tuning.groups:
+        gbin = _ladder(exp.column("__dp_g", quoted=True), tuning.groups)
+        cell = exp.Add(this=exp.Mul(this=exp.Paren(this=cell),
+                                    expression=exp.Literal.number(tuning.group_bins)),
+                       expression=gbin)
     query = exp.select(exp.alias_(cell, "__dp_bin", quoted=True),
                        exp.alias_(exp.Count(this=exp.Star()), "__dp_n", quoted=True)
                        ).from_(per_unit.subquery("__dp_per_unit")).group_by(
@@ -281,6 +342,18 @@ def histogram_query(tree: exp.Select, tuning: TuningNoise) -> exp.Select:
     query.set("with_", exp.With(expressions=ctes))
     verify_total(query)
     return query
+
+
+def _ladder(count: exp.Expr, edges: tuple[int, ...]) -> exp.Expr:
+    """The bin of a count among candidate ``edges``: i for [edges[i], edges[i+1]), the
+    last edge alone (= the ceiling), and len(edges) above the ceiling."""
+    ifs = [exp.If(this=exp.GT(this=count.copy(), expression=exp.Literal.number(edges[-1])),
+                  true=exp.Literal.number(len(edges)))]
+    for i in range(len(edges) - 1, 0, -1):
+        ifs.append(exp.If(this=exp.GTE(this=count.copy(),
+                                       expression=exp.Literal.number(edges[i])),
+                          true=exp.Literal.number(i)))
+    return exp.Case(ifs=ifs, default=exp.Literal.number(0))
 
 
 def noisy_histogram(result: ResultSet, tuning: TuningNoise, rng: RandomSource) -> np.ndarray:
@@ -291,7 +364,8 @@ def noisy_histogram(result: ResultSet, tuning: TuningNoise, rng: RandomSource) -
     for b, n in zip(cols.get("__dp_bin", []), cols.get("__dp_n", []), strict=True):
         exact[int(b)] += float(n)
     noise = discrete_laplace(tuning.scale, tuning.bins, rng).astype(np.float64)
-    return np.maximum(exact + noise, 0.0).reshape(tuning.row_bins, tuning.value_bins)
+    return np.maximum(exact + noise, 0.0).reshape(tuning.row_bins, tuning.value_bins,
+                                                   tuning.group_bins)
 
 
 def _representatives(tuning: TuningNoise) -> np.ndarray:
@@ -300,6 +374,16 @@ def _representatives(tuning: TuningNoise) -> np.ndarray:
     e = tuning.edges
     reps = [(e[i] + e[i + 1] - 1) / 2.0 for i in range(len(e) - 1)]
     return np.asarray([*reps, float(e[-1]), 2.0 * e[-1]])
+
+
+def _group_representatives(tuning: TuningNoise) -> np.ndarray:
+    """Groups per unit each groups bin stands for (like rows: midpoints; above the
+    ceiling, twice it); 1 when L0 is not tuned."""
+    g = tuning.groups
+    if not g:
+        return np.ones(1)
+    reps = [(g[i] + g[i + 1] - 1) / 2.0 for i in range(len(g) - 1)]
+    return np.asarray([*reps, float(g[-1]), 2.0 * g[-1]])
 
 
 def _value_representatives(tuning: TuningNoise) -> np.ndarray:
@@ -329,18 +413,34 @@ def expected_error(plan: Plan, cal: Calibration, hist: np.ndarray, tuning: Tunin
     values: with the histogram of each unit's largest |value| v, its values are taken
     as spread evenly over [0, v] (mean v/2; clipped at b, b - b²/2v)."""
     m = plan.max_rows
-    rows = np.broadcast_to(_representatives(tuning)[:, None], hist.shape)
-    reps = np.broadcast_to(_value_representatives(tuning)[None, :], hist.shape)
-    count_total = float((hist * rows).sum())
+    full = np.broadcast_to(_representatives(tuning)[:, None, None], hist.shape)
+    reps = np.broadcast_to(_value_representatives(tuning)[None, :, None], hist.shape)
+    touched = np.broadcast_to(_group_representatives(tuning)[None, None, :], hist.shape)
+    count_total = float((hist * full).sum())
     if count_total <= 0:
         return math.inf
-    count_bias = float((hist * np.maximum(rows - m, 0.0)).sum()) / count_total
+    # A unit in more groups than L0 keeps L0 of them (and their share of its rows).
+    rows = full * np.minimum(1.0, plan.max_groups / touched)
+    count_bias = float((hist * (full - np.minimum(rows, m))).sum()) / count_total
     cells = tuning.cells * SKEW
     valued = tuning.value_column is not None
     worth = reps / 2.0 if tuning.value_mode == "max" else reps
-    value_total = float((hist * rows * worth).sum())
+    value_total = float((hist * full * worth).sum())
     valued = valued and value_total > 0
     error = 0.0
+    pairs = float((hist * touched).sum())  # (unit, group) pairs
+    if tuning.groups and pairs > 0:
+        # What L0 costs: the pairs it drops, the noise of unit counts, and partition
+        # selection, which drops groups with fewer units than its n50 (a typical group
+        # holds pairs / cells of them).
+        lost_pairs = float((hist * np.maximum(touched - plan.max_groups, 0.0)).sum())
+        for s in plan.stats:
+            sn = cal.stats[s.name]
+            if s.kind == "units" and sn.kind != "none":
+                mean_abs = sn.value_scale * (_GAUSS_MEAN_ABS if sn.kind == "gaussian" else 1.0)
+                error += lost_pairs / pairs + cells * mean_abs / pairs
+        if cal.partition is not None:
+            error += min(1.0, cal.partition.units_for_half * cells / pairs)
     for s in plan.stats:
         sn = cal.stats[s.name]
         if sn.kind == "none" or s.kind == "units":
@@ -370,7 +470,7 @@ def expected_error(plan: Plan, cal: Calibration, hist: np.ndarray, tuning: Tunin
         kept_total = max(float((hist * kept).sum()), 1e-300)
         mean = value_total / count_total
         weighted = float((hist * kept * clipped).sum()) / kept_total
-        slope = kept * (clipped - weighted) / kept_total - rows * (worth - mean) / count_total
+        slope = kept * (clipped - weighted) / kept_total - full * (worth - mean) / count_total
         se = tuning.scale * math.sqrt(2.0 * float((slope * slope).sum()))
         mean_bias = max(0.0, abs(weighted - mean) - 2.0 * se) / max(mean, 1e-300)
         # AVG = mid + S1/N: the count's noise moves it by (mean - mid)·noise/N, the
@@ -394,20 +494,21 @@ def choose(cal: TunedCalibration, hist: np.ndarray) -> Choice:
     assert cal.tuning is not None and cal.plan is not None
     t = cal.tuning
     hist = np.where(hist > t.scale * math.log(t.bins / 0.1), hist, 0.0)
-    best: tuple[float, int, int] | None = None
+    best: tuple[float, int, int, int] | None = None
     scales = t.scales
     if t.value_mode == "max":
         scales = (range_cut(hist, t),)
     for m in t.edges:
         for j in scales:
-            noise = cal.at((m, j))
-            if noise is None:
-                continue
-            score = expected_error(tuned_plan(cal.plan, (m, j)), noise, hist, t)
-            if best is None or (score, m, -j) < best:
-                best = (score, m, -j)
+            for groups in t.group_choices:
+                noise = cal.at((m, j, groups))
+                if noise is None:
+                    continue
+                score = expected_error(tuned_plan(cal.plan, (m, j, groups)), noise, hist, t)
+                if best is None or (score, m, groups, -j) < best:
+                    best = (score, m, groups, -j)
     assert best is not None  # the ceiling is always allowed
-    return best[1], -best[2]
+    return best[1], -best[3], best[2]
 
 
 # A tuned range leaves out at most this share of the units' largest values.
@@ -419,7 +520,7 @@ def range_cut(hist: np.ndarray, tuning: TuningNoise) -> int:
     RANGE_COVER share of the (noisy) units, as ZetaSQL's approximate bounds pick the
     range from a noisy log-histogram.  The error model cannot weigh clipping here: it
     sees each unit's largest value, not how its values spread below it."""
-    per_bin = hist.sum(axis=0)
+    per_bin = hist.sum(axis=(0, 2))
     total = float(per_bin.sum())
     above = 0.0  # units whose largest |value| exceeds B/2^j
     best = 0
@@ -440,6 +541,8 @@ def tuned_note(plan: Plan, cal: TunedCalibration, choice: Choice) -> str:
     parts = []
     if plan.auto_rows and len(cal.tuning.edges) > 1:
         parts.append(f"max_rows_per_unit {m} (ceiling {plan.max_rows})")
+    if cal.tuning.groups:
+        parts.append(f"max_groups_per_unit {choice[2]} (ceiling {plan.max_groups})")
     if plan.tunable_stats:
         tuned = tuned_plan(plan, choice)
         cut = {s.name: s for s in tuned.stats}
@@ -464,6 +567,9 @@ def explain_tuning(plan: Plan, cal: TunedCalibration) -> tuple[dict[str, Any], s
     if plan.auto_rows and len(t.edges) > 1:
         bounds.append({"bound": "max_rows_per_unit", "ceiling": plan.max_rows,
                        "candidates": list(t.edges)})
+    if t.groups:
+        bounds.append({"bound": "max_groups_per_unit", "ceiling": plan.max_groups,
+                       "candidates": list(t.groups)})
     for s in plan.tunable_stats:
         label = next((a.label or a.name for a in plan.aggs if s.name in a.stats), s.name)
         if any(b.get("aggregate") == label for b in bounds):
@@ -472,10 +578,10 @@ def explain_tuning(plan: Plan, cal: TunedCalibration) -> tuple[dict[str, Any], s
                        "candidates": f"[lo, hi] cut to 2^-j of its largest |bound|, j = 0.."
                                      f"{VALUE_BINS - 1}"})
     info = {"bounds": bounds, "epsilon": t.epsilon, "assumed_cells": t.cells,
-            "method": "DP histogram of the query's units by rows and "
-                      f"{'largest' if t.value_mode == 'max' else 'mean'} |value| (discrete "
-                      "Laplace), then the bounds with the least expected bias + noise "
-                      "(Amin et al. 2019)"}
+            "method": "DP histogram of the query's units by rows, "
+                      f"{'largest' if t.value_mode == 'max' else 'mean'} |value|"
+                      f"{' and groups' if t.groups else ''} (discrete Laplace), then the "
+                      "bounds with the least expected bias + noise (Amin et al. 2019)"}
     names = " and ".join(b["bound"] if b["bound"] != "range" else f"the range of {b['aggregate']}"
                          for b in bounds)
     note = (f"{names} {'are' if len(bounds) > 1 else 'is'} tuned when the query runs, "

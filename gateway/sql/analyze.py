@@ -75,9 +75,9 @@ def analyze(tree: exp.Select, sql: str, ctx: Context) -> Plan:
         for k in keys:
             size = size * len(k.domain) if k.domain is not None else 0
         l0 = scope.max_groups
-        if scope.auto_rows and size and too_many is None and not any(s.kind == "units"
-                                                for s in builder.stats.values()):
-            # With a tuned M and public groups, no noise depends on L0 (a unit's total
+        if (scope.auto_rows or scope.auto_groups) and size and too_many is None and \
+                not any(s.kind == "units" for s in builder.stats.values()):
+            # With tuned bounds and public groups, no noise depends on L0 (a unit's total
             # over all its groups is bounded by M), so groups are not dropped at all:
             # L0 bounds only what M and the domain already bound.
             l0 = scope.max_rows
@@ -93,6 +93,7 @@ def analyze(tree: exp.Select, sql: str, ctx: Context) -> Plan:
         max_groups=max_groups, keys=tuple(keys), stats=tuple(builder.stats.values()),
         aggs=tuple(aggs), post=post, quantiles=builder.quantiles,
         too_many_groups=too_many, notes=notes, auto_rows=scope.auto_rows,
+        auto_groups=scope.auto_groups and bool(keys),
         auto_columns=_auto_columns(ctx, scope.protected_tables))
 
 

@@ -157,6 +157,7 @@ class Plan:
     # max_rows is the ceiling of an `auto` bound: each run tunes M <= max_rows privately
     # (gateway/query/tuning.py) and uses with_max_rows(M).
     auto_rows: bool = False
+    auto_groups: bool = False  # max_groups is the ceiling of an `auto` L0 (tuned per run)
     # Lower-case names of `bounds: auto` columns of its tables: the range of a sum or a
     # mean whose value reads one of them is tuned per run (gateway/query/tuning.py).
     auto_columns: frozenset[str] = frozenset()
@@ -193,6 +194,10 @@ class Plan:
             t := next((n for n in a.stats if n in cut), None)) is not None else a
             for a in self.aggs)
         return replace(self, stats=stats, aggs=aggs)
+
+    def with_max_groups(self, groups: int) -> Plan:
+        """This plan with L0 = min(its L0, groups)."""
+        return replace(self, max_groups=min(self.max_groups, groups), auto_groups=False)
 
     def with_max_rows(self, m: int) -> Plan:
         """This plan with M = m (<= max_rows): L0 shrinks with it (a unit with m rows

@@ -183,7 +183,7 @@ class FromAnalyzer:
         return Relation(alias, columns, protected=True, unit_column=unit_col,
                         tables=scope.protected_tables, max_rows=scope.max_rows,
                         max_groups=scope.max_groups, joined=scope.joined,
-                        auto_rows=scope.auto_rows)
+                        auto_rows=scope.auto_rows, auto_groups=scope.auto_groups)
 
     def _engine_item(self, item: exp.Expr, typer: Typer) -> exp.Expr:
         """A projected expression as the engine computes it: total, and of the type the

@@ -72,8 +72,9 @@ class Relation:
     max_rows: int = 1
     max_groups: int = 1
     node: exp.Expr | None = None  # the Table or Subquery node in the tree
-    # max_rows is a ceiling to be tuned per query (`max_rows_per_unit: {auto: ...}`).
+    # max_rows / max_groups are ceilings tuned per query (`{auto: ...}` in the policy).
     auto_rows: bool = False
+    auto_groups: bool = False
     # How many protected relations (each cut to M rows per unit) were joined to make
     # this one: one unit yields at most M^joined of its rows.
     joined: int = 1
@@ -95,6 +96,7 @@ class Scope:
     max_rows: int = 1
     max_groups: int = 1
     auto_rows: bool = False  # some protected relation's M is tuned per query
+    auto_groups: bool = False  # ... or its L0
     joined: int = 1  # protected relations joined (see Relation.joined)
     # Protected relations that meet another protected relation: each is cut to
     # max_rows_per_unit rows per unit before the join.
@@ -193,8 +195,8 @@ def base_relation(policy: Policy, table: exp.Table, table_columns: Callable[[str
         unit = row_id
         cols[row_id] = ColInfo(row_id, "int", sensitive=True, is_unit=True)
     return Relation(alias, cols, protected=True, unit_column=unit, tables=frozenset({name}),
-                    max_rows=spec.rows_ceiling, max_groups=spec.max_groups_per_unit,
-                    node=table, auto_rows=spec.rows_auto)
+                    max_rows=spec.rows_ceiling, max_groups=spec.groups_ceiling,
+                    node=table, auto_rows=spec.rows_auto, auto_groups=spec.groups_auto)
 
 
 def check_row_wise(select: exp.Select, sql: str, what: str) -> None:
@@ -251,6 +253,7 @@ def join_scope(relations: list[tuple[Relation, exp.Join | None]], sql: str) -> S
         scope.max_rows = min(r.max_rows for r in protected)
         scope.max_groups = min(r.max_groups for r in protected)
         scope.auto_rows = any(r.auto_rows for r in protected)
+        scope.auto_groups = any(r.auto_groups for r in protected)
         scope.joined = sum(r.joined for r in protected)
         if scope.joined > MAX_PROTECTED_JOINED:
             raise QueryRejected(

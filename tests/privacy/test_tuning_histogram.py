@@ -27,7 +27,7 @@ def _release(exact: list[int], tuning: TuningNoise, seed: int) -> np.ndarray:
     result = ResultSet(("__dp_bin", "__dp_n"), ("int", "int"),
                        (list(range(len(exact))), exact))
     rng = SeededRandom(seed)
-    return np.asarray([noisy_histogram(result, tuning, rng)[1, 0] for _ in range(N)])
+    return np.asarray([noisy_histogram(result, tuning, rng)[1, 0, 0] for _ in range(N)])
 
 
 @pytest.mark.slow
@@ -54,4 +54,14 @@ def test_every_unit_falls_in_exactly_one_cell() -> None:
     assert tuning.bins == tuning.row_bins * tuning.value_bins == 5 * 20
     result = ResultSet(("__dp_bin", "__dp_n"), ("int", "int"), ([0, 99], [5, 7]))
     hist = noisy_histogram(result, tuning, SeededRandom(3))
-    assert hist.shape == (5, 20) and (hist >= 0).all()
+    assert hist.shape == (5, 20, 1) and (hist >= 0).all()
+
+
+def test_cells_with_a_groups_axis() -> None:
+    """With L0 tuned too, a unit is in one (rows, value, groups) cell."""
+    tuning = TuningNoise(1.0, (1, 2, 4), cells=1, groups=(1, 2, 4, 8), group_keys=("k",),
+                         groups_ceiling=8)
+    assert (tuning.row_bins, tuning.value_bins, tuning.group_bins) == (4, 1, 5)
+    result = ResultSet(("__dp_bin", "__dp_n"), ("int", "int"), ([0, 19], [5, 7]))
+    hist = noisy_histogram(result, tuning, SeededRandom(4))
+    assert hist.shape == (4, 1, 5)

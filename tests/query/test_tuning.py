@@ -242,3 +242,45 @@ def test_a_range_is_tuned_to_the_values_not_the_limits(tmp_path: Path) -> None:
             assert abs(m - exact[g][1]) < 0.5
         assert res.epsilon_spent == pytest.approx(50.0)
         assert gw.schema()["tables"]["t"]["columns"][2]["bounds"] == "auto"
+
+
+# -- L0 tuned -----------------------------------------------------------------------------
+
+
+def _groups_world(folder: Path, groups_per_unit: int) -> Path:
+    """400 units, each in ``groups_per_unit`` of 64 groups without public values."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = [(u, f"g{(u * 7 + i) % 64}") for u in range(400) for i in range(groups_per_unit)]
+    write_parquet(folder / "t.parquet", "u BIGINT, g VARCHAR", rows)
+    return write_policy(folder, {
+        "dataset": "tune",
+        "tables": {"t": {"source": str(folder / "t.parquet"), "privacy_unit": "u",
+                         "max_rows_per_unit": 64,
+                         "max_groups_per_unit": {"auto": True, "max": 64},
+                         "columns": {"u": {"type": "int", "role": "privacy_unit"},
+                                     "g": {"type": "text"}}}},
+        "budget": {"dataset": {"epsilon": 1e6, "delta": 1e-3},
+                   "per_analyst": {"epsilon": 1e6, "delta": 1e-3}},
+    })
+
+
+@pytest.mark.parametrize(("groups_per_unit", "tuned"), [(1, (1,)), (4, (4, 8))])
+def test_l0_is_tuned_to_the_groups_units_touch(tmp_path: Path, groups_per_unit: int,
+                                               tuned: tuple[int, ...]) -> None:
+    """Units in 1 (or 4) groups: L0 = 1 (or 4-8: the bin [4, 8) stands for 5.5 groups)
+    instead of the ceiling 64, so the unit counts have far less noise and partition
+    selection needs far fewer units."""
+    with Gateway.open(_groups_world(tmp_path / "w", groups_per_unit),
+                      state=tmp_path / "s.db") as gw:
+        assert gw.schema()["tables"]["t"]["max_groups_per_unit_auto"] is True
+        sql = "SELECT g, COUNT(DISTINCT u) AS n FROM t GROUP BY g"
+        ex = gw.explain(sql, epsilon=20.0, delta=1e-6).to_dict()
+        assert [b["bound"] for b in ex["tuning"]["bounds"]] == ["max_groups_per_unit"]
+        res = gw.query(sql, analyst="a", epsilon=20.0, delta=1e-6)
+        [note] = [n for n in res.notes if "tuned privately" in n]
+        assert any(f"max_groups_per_unit {t} (ceiling 64)" in note for t in tuned), note
+        exact = dict(gw.executor._con.execute(  # type: ignore[attr-defined]
+            "SELECT g, COUNT(DISTINCT u) FROM t GROUP BY 1").fetchall())
+        assert len(res.rows) == 64  # every group has 6-25 units: all kept at this epsilon
+        assert all(abs(n - exact[g]) <= 3 for g, n in res.rows)
+        assert res.epsilon_spent == pytest.approx(20.0) and res.delta_spent == 1e-6

@@ -218,6 +218,7 @@ def policy_dict(paths: dict[str, Path]) -> dict[str, Any]:
     # t2's M is tuned per query (a DP histogram of rows per unit picks it, up to M):
     # queries over it run the tuning step too.
     protected["t2"]["max_rows_per_unit"] = {"auto": True, "max": M}
+    protected["t2"]["max_groups_per_unit"] = {"auto": True, "max": L0}
     # ... and sums and means of x get a range tuned inside its bounds.
     protected["t2"]["columns"] = {**protected["t2"]["columns"],
                                   "x": {"type": "float", "bounds": "auto",
