@@ -284,3 +284,21 @@ def test_l0_is_tuned_to_the_groups_units_touch(tmp_path: Path, groups_per_unit: 
         assert len(res.rows) == 64  # every group has 6-25 units: all kept at this epsilon
         assert all(abs(n - exact[g]) <= 3 for g, n in res.rows)
         assert res.epsilon_spent == pytest.approx(20.0) and res.delta_spent == 1e-6
+
+
+def test_the_choice_never_fails_after_the_charge(tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """If no choice at the range cut the data picked were allowed, the ceiling is used
+    (an error there would come after the charge, and depend on the data)."""
+    from gateway.query import tuning
+
+    with Gateway.open(_ranged_world(tmp_path / "w"), state=tmp_path / "s.db") as gw:
+        prep = gw.prepare("SELECT g, SUM(x) AS s FROM t GROUP BY g", 5.0, 0.0, "laplace")
+        cal = prep.cal
+        assert isinstance(cal, TunedCalibration) and cal.tuning is not None
+        monkeypatch.setattr(tuning, "range_cut", lambda hist, t: 7)
+        monkeypatch.setattr(TunedCalibration, "at",
+                            lambda self, choice: self.main if choice == self.ceiling else None)
+        hist = np.full((cal.tuning.row_bins, cal.tuning.value_bins, cal.tuning.group_bins),
+                       100.0)
+        assert tuning.choose(cal, hist) == cal.ceiling
