@@ -154,3 +154,22 @@ def test_cli_remote_errors_have_the_in_process_exit_codes(remote) -> None:  # ty
     assert poor.returncode == 3 and poor.stderr.startswith("budget exceeded:")
     bad = cli("budget", "--url", server.url, "--key", "dpg_nope")
     assert bad.returncode == 1 and "API key" in bad.stderr
+
+
+def test_access_log_never_holds_a_key_sent_in_a_url(tmp_path: Path) -> None:
+    """A key in a query string is refused, and the access log keeps the path only."""
+    policy = write_policy(tmp_path, per_analyst=(10.0, 0.0))
+    key = add_analysts(policy, tmp_path / "state.db", {"sam": {}})["sam"]
+    server = LiveServer(policy, tmp_path / "state.db",
+                        args=["--access-log", "--log-level", "info", "--no-pg"]).start()
+    try:
+        r = httpx.get(f"{server.url}/v1/budget?key={key}&api_key={key}", timeout=10)
+        assert r.status_code == 401
+        ok = httpx.get(f"{server.url}/v1/budget", timeout=10,
+                       headers={"Authorization": f"Bearer {key}"})
+        assert ok.status_code == 200
+    finally:
+        server.stop(timeout_s=30)
+    out = server.output()
+    assert "/v1/budget" in out and "<query removed>" in out, out
+    assert key not in out

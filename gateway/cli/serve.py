@@ -60,6 +60,9 @@ def serve(opts: ServeOptions) -> int:
             app, host=opts.host, port=opts.http_port, log_level=opts.log_level,
             access_log=opts.access_log, timeout_graceful_shutdown=int(opts.graceful_timeout_s),
             server_header=False, lifespan="on")
+        # After uvicorn configured its loggers: keys sent in a URL (refused, but sent)
+        # must not reach the access log.
+        logging.getLogger("uvicorn.access").addFilter(NoQueryStrings())
         server = uvicorn.Server(config)
         # uvicorn re-raises the signal it caught once it has shut down; with these
         # handlers in place that lands here instead of killing the process before
@@ -73,6 +76,19 @@ def serve(opts: ServeOptions) -> int:
         return 0 if server.started else 1
     finally:
         gw.close()
+
+
+class NoQueryStrings(logging.Filter):
+    """Drops the query string from access-log lines: a client that puts an API key in a
+    URL (``?key=...``, refused) must not have it written to the log in full."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and len(args) >= 3 and isinstance(args[2], str) and \
+                "?" in args[2]:
+            record.args = (*args[:2], args[2].split("?", 1)[0] + "?<query removed>",
+                           *args[3:])
+        return True
 
 
 def _noted(signum: int, _frame: Any) -> None:

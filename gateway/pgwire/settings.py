@@ -7,8 +7,12 @@ half-width asked for instead of an ε (the later of ``SET dp.ci95`` and ``SET dp
 wins; ``RESET dp.ci95`` goes back to ``dp.epsilon``), and ``dp.report``, which adds
 each noisy value's 95% half-width as a column.  Values set inside a
 transaction are undone by ROLLBACK (and ``SET LOCAL`` ends with the
-transaction), as in PostgreSQL, so a client that rolls back sees what it
-expects.  Rolling back never refunds budget: that lives in the ledger, not here.
+transaction), as in PostgreSQL — except the ``dp.*`` settings, which are
+session-level (a documented deviation, DESIGN §1.5): psycopg2 and SQLAlchemy run
+``SET dp.epsilon`` inside a transaction, a refused query aborts it, the driver
+rolls back, and undoing the SET would silently charge the next query the default
+ε instead of the one set.  ``SET LOCAL dp.*`` still ends with the transaction (it
+says so).  Rolling back never refunds budget: that lives in the ledger, not here.
 """
 
 from __future__ import annotations
@@ -56,6 +60,9 @@ REPORTED = ("server_version", "server_encoding", "client_encoding", "application
             "datestyle", "intervalstyle", "timezone", "integer_datetimes",
             "standard_conforming_strings", "is_superuser", "session_authorization",
             "default_transaction_read_only", "in_hot_standby", "scram_iterations")
+
+# Who the session is: fixed by authentication, whatever spelling a client uses to ask.
+IDENTITY = frozenset({"session_authorization", "role"})
 
 READ_ONLY = frozenset({"server_version", "server_version_num", "server_encoding",
                        "integer_datetimes", "is_superuser", "max_identifier_length",
@@ -166,7 +173,7 @@ class Settings:
         base.update(policy_dp or {})
         for k, v in startup.items():
             key = k.lower()
-            if key in READ_ONLY:
+            if key in READ_ONLY or key == "role":  # the role is the authenticated analyst
                 continue
             try:
                 base[key] = normalize(key, v)
@@ -196,6 +203,9 @@ class Settings:
         key = name.lower()
         if key in READ_ONLY:
             raise PgError("55P02", f'parameter "{key}" cannot be changed')
+        if key in IDENTITY:
+            raise PgError("42501", "changing the role or session authorization is not allowed",
+                          hint="connect as the analyst whose budget the queries should use")
         before = self.get(key)
         if value is None:
             default = self.reset_values.get(key)
@@ -246,7 +256,7 @@ class Settings:
     def end(self, commit: bool) -> list[str]:
         before = {k: self.get(k) for k in REPORTED}
         if not commit and self._tx_snapshot is not None:
-            self.values = self._tx_snapshot
+            self.values = _keep_dp(self._tx_snapshot, self.values)
         self._tx_snapshot = None
         self.local.clear()
         self._savepoints.clear()
@@ -268,7 +278,7 @@ class Settings:
         i = self._find(name)
         before = {k: self.get(k) for k in REPORTED}
         _, values, local = self._savepoints[i]
-        self.values, self.local = dict(values), dict(local)
+        self.values, self.local = _keep_dp(values, self.values), dict(local)
         del self._savepoints[i + 1:]
         return [k for k in REPORTED if self.get(k) != before[k]]
 
@@ -314,3 +324,11 @@ class Settings:
     def report(self) -> str:
         """'ci95': data queries get a <col>_ci95 column after each noisy column."""
         return self.get("dp.report") or "none"
+
+
+def _keep_dp(restored: dict[str, str], current: dict[str, str]) -> dict[str, str]:
+    """``restored`` (a snapshot being rolled back to) with the session's current ``dp.*``
+    values: the per-query spend is session-level, never undone by a ROLLBACK."""
+    out = {k: v for k, v in restored.items() if not k.startswith("dp.")}
+    out.update({k: v for k, v in current.items() if k.startswith("dp.")})
+    return out

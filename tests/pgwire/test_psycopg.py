@@ -156,8 +156,15 @@ def test_transactions_rollback_never_refunds(pg: ServerThread, account: tuple[st
         conn.rollback()
         assert pg.spent(name) == pytest.approx(0.3)
         assert any("not refunded" in n for n in notices)
-        # the SET was inside the rolled-back transaction: undone, as in PostgreSQL
-        assert conn.execute("SHOW dp.epsilon").fetchone()[0] == "0.5"
+        # dp.* settings are session-level (DESIGN §1.5): a ROLLBACK does not undo them,
+        # so the next query is not silently charged the default
+        assert conn.execute("SHOW dp.epsilon").fetchone()[0] == "0.3"
+        conn.execute("SET application_name = 'inside'")
+        conn.rollback()
+        assert conn.execute("SHOW application_name").fetchone()[0] != "inside"
+        conn.rollback()
+        conn.execute("SET dp.epsilon = 0.5")
+        conn.commit()
         conn.rollback()
         with pytest.raises(errors.SyntaxErrorOrAccessRuleViolation):
             conn.execute("SELECT * FROM visits")
@@ -174,6 +181,23 @@ def test_transactions_rollback_never_refunds(pg: ServerThread, account: tuple[st
         conn.execute("RELEASE SAVEPOINT a")
         conn.commit()
         assert conn.info.transaction_status == pq.TransactionStatus.IDLE
+
+
+@pytest.mark.parametrize("statement", [
+    "SET session_authorization = 'bob'", "SET session_authorization TO bob",
+    "SET SESSION AUTHORIZATION bob", "SET role = 'bob'", "SET ROLE bob",
+    "BEGIN; SET LOCAL session_authorization = 'bob'"])
+def test_the_session_identity_cannot_be_changed(pg: ServerThread, account: tuple[str, str],
+                                                statement: str) -> None:
+    """Who the session is comes from authentication only: every spelling is refused."""
+    name, key = account
+    with psycopg.connect(pg.dsn(name, key), autocommit=True) as conn:
+        for part in statement.split("; ")[:-1]:
+            conn.execute(part)
+        with pytest.raises(errors.InsufficientPrivilege):
+            conn.execute(statement.split("; ")[-1])
+        conn.execute("ROLLBACK")
+        assert conn.execute("SHOW session_authorization").fetchone()[0] == name
 
 
 def test_set_and_show_and_startup_options(pg: ServerThread, account: tuple[str, str]) -> None:

@@ -192,6 +192,18 @@ def test_settings_follow_transaction_rules() -> None:
     assert s.epsilon == 0.3
     assert s.end(commit=False) == ["application_name"]
     assert s.get("application_name") == "x"
+    # dp.* is session-level: a ROLLBACK (or ROLLBACK TO) keeps a SET made inside
+    s.begin()
+    s.set("dp.epsilon", "0.7")
+    s.set("application_name", "z")
+    s.savepoint("b")
+    s.set("dp.delta", "1e-7")
+    s.rollback_to("b")
+    assert s.delta == 1e-7
+    s.end(commit=False)
+    assert s.epsilon == 0.7 and s.delta == 1e-7 and s.get("application_name") == "x"
+    s.set("dp.epsilon", "0.3")
+    s.set("dp.delta", None)
     with pytest.raises(PgError):
         s.set("server_version", "1")
     with pytest.raises(PgError):

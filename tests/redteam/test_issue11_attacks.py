@@ -437,8 +437,9 @@ def test_ci95_and_epsilon_precedence_and_transactions() -> None:
     s.begin()
     s.set("dp.epsilon", "0.3")
     assert s.spend()["ci95"] is None
-    s.end(commit=False)  # ROLLBACK undoes both, as for every SET (docs/pgwire.md)
-    assert s.spend()["ci95"] == 50.0 and s.spend()["epsilon"] is None
+    s.end(commit=False)  # dp.* is session-level: a ROLLBACK keeps the later SET (DESIGN §1.5)
+    assert s.spend()["ci95"] is None and s.spend()["epsilon"] == 0.3
+    s.set("dp.ci95", "50")
     for bad in ("0", "-1", "nan", "inf", "1e-400", "abc"):
         with pytest.raises(Exception):  # noqa: B017 - PgError 22023
             s.set("dp.ci95", bad)
