@@ -396,6 +396,14 @@ class PolicyModel(_Strict):
         return self
 
 
+def _around(raw: bytes, line: int, context: int = 2) -> str:
+    """The lines around ``line`` (0-based), numbered, the faulty one marked."""
+    lines = raw.decode("utf-8", "replace").splitlines()
+    lo, hi = max(0, line - context), min(len(lines), line + context + 1)
+    shown = [f"{'>' if i == line else ' '} {i + 1:4} | {lines[i]}" for i in range(lo, hi)]
+    return ("\n" + "\n".join(shown)) if shown else ""
+
+
 def _unique_ignoring_case(names: dict[str, Any], where: str, what: str) -> None:
     """SQL names are case-insensitive: two that differ only in case are one name."""
     seen: dict[str, str] = {}
@@ -472,7 +480,11 @@ def load_policy(path: str | Path) -> Policy:
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise PolicyError(f"{p}: not valid YAML{where}; fix the syntax") from None
+        problem = getattr(e, "problem", None)
+        raise PolicyError(f"{p}: not valid YAML{where}"
+                          f"{f' ({problem})' if problem else ''}; fix the syntax"
+                          f"{_around(raw_bytes, mark.line) if mark is not None else ''}"
+                          ) from None
     if not isinstance(data, dict):
         raise PolicyError(f"{p}: the policy must be a YAML mapping with dataset, tables, budget")
     try:

@@ -71,3 +71,17 @@ def test_demo_runs(tmp_path: Path) -> None:
     again = gateway("demo", "--policy", str(web_policy(tmp_path)), "--state",
                     str(tmp_path / "s"))
     assert "cached answer: free" in again.stdout
+
+
+def test_a_closed_pipe_ends_quietly(tmp_path: Path) -> None:
+    """`gateway query ... | head -c 7`: 9,636 rows (290 kB, more than a pipe holds) meet a
+    reader that goes away; no traceback, exit 0."""
+    env = {**os.environ, "GATEWAY_POLICY": str(web_policy(tmp_path)),
+           "GATEWAY_STATE": str(tmp_path / "s.db")}
+    cmd = (f"{sys.executable} -m gateway.cli query --epsilon 1 'SELECT country, device, age, "
+           "COUNT(*) AS n FROM visits GROUP BY country, device, age' | head -c 7")
+    out = subprocess.run(["bash", "-o", "pipefail", "-c", cmd], capture_output=True, text=True,
+                         cwd=ROOT, env=env, timeout=120)
+    assert len(out.stdout) == 7
+    assert "Traceback" not in out.stderr and "BrokenPipe" not in out.stderr, out.stderr
+    assert out.returncode == 0

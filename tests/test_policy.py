@@ -371,3 +371,13 @@ def test_tables_differing_only_in_case_are_named(tmp_path: Path) -> None:
     with pytest.raises(PolicyError) as err:
         Gateway.open(path, state=tmp_path / "state.db")
     assert "Visits" in err.value.message and "column types" not in err.value.message
+
+
+def test_yaml_syntax_error_shows_the_line_and_its_neighbours(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("dataset: x\ntables:\n  t: {source: a.csv\n  bad: [\n")
+    with pytest.raises(PolicyError) as err:
+        load_policy(path)
+    msg = str(err.value)
+    assert "line 4" in msg and "fix the syntax" in msg
+    assert ">    4 |   bad: [" in msg and "     3 |   t: {source: a.csv" in msg

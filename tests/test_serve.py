@@ -173,3 +173,20 @@ def test_access_log_never_holds_a_key_sent_in_a_url(tmp_path: Path) -> None:
     out = server.output()
     assert "/v1/budget" in out and "<query removed>" in out, out
     assert key not in out
+
+
+@pytest.mark.parametrize(("taken", "flag"), [("http", "--http-port"), ("pg", "--no-pg")])
+def test_a_port_in_use_is_named_without_a_traceback(tmp_path: Path, taken: str,
+                                                    flag: str) -> None:
+    policy = write_policy(tmp_path, per_analyst=(10.0, 0.0))
+    http_port, pg_port = free_port(), free_port()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", http_port if taken == "http" else pg_port))
+        s.listen()
+        out = subprocess.run(
+            [sys.executable, "-m", "gateway.cli", "serve", "--policy", str(policy),
+             "--state", str(tmp_path / "s.db"), "--http-port", str(http_port),
+             "--pg-port", str(pg_port)], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert out.returncode == 2
+    assert "already in use" in out.stderr and flag in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr

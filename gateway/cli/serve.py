@@ -50,6 +50,10 @@ def serve(opts: ServeOptions) -> int:
 
     logging.basicConfig(level=opts.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    busy = _busy_port(opts)
+    if busy is not None:
+        print(f"Error: {busy}", file=sys.stderr)
+        return 2
     gw = Gateway.open(opts.policy, opts.state)
     try:
         if opts.demo:
@@ -93,6 +97,27 @@ class NoQueryStrings(logging.Filter):
 
 def _noted(signum: int, _frame: Any) -> None:
     log.info("shut down after %s", signal.Signals(signum).name)
+
+
+def _busy_port(opts: ServeOptions) -> str | None:
+    """What to say when a port is taken, before anything starts (else None)."""
+    import errno
+    import socket
+
+    wanted = [(opts.http_port, "--http-port N")]
+    if opts.pg_port is not None:
+        wanted.append((opts.pg_port, "--pg-port N, or --no-pg to serve HTTP only"))
+    for port, flag in wanted:
+        with socket.socket(socket.AF_INET6 if ":" in opts.host else socket.AF_INET) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind((opts.host, port))
+            except OSError as e:
+                if e.errno != errno.EADDRINUSE:
+                    return f"cannot listen on {opts.host}:{port} ({e.strerror}); pass {flag}"
+                return (f"port {port} on {opts.host} is already in use (another gateway, or "
+                        f"another server); pass {flag}")
+    return None
 
 
 def _pgwire(gw: Any, opts: ServeOptions) -> list[Any]:
