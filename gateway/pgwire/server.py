@@ -66,7 +66,9 @@ class PgWireServer:
         bad = set(self.options.auth_methods) - set(METHODS)
         if bad or not self.options.auth_methods:
             raise ValueError(f"auth_methods must be a non-empty subset of {METHODS}")
-        self.secret = secrets.token_bytes(32)  # for fake SCRAM salts of unknown users
+        # Salts of fake SCRAM verifiers for unknown users: kept in the state, so they are
+        # the same after a restart and on every replica (names cannot be enumerated).
+        self.secret = gateway.ledger.shared_secret("scram-fake-salt")
         self.version = (f"PostgreSQL {SERVER_VERSION} (dp-gateway {gateway_version()}) on "
                         "x86_64-pc-linux-gnu, a differentially private SQL proxy, 64-bit")
         self.context: ServerContext | None = None

@@ -11,6 +11,7 @@ LedgerUnavailable: the gateway fails closed.
 from __future__ import annotations
 
 import os
+import secrets
 import socket
 import sqlite3
 import threading
@@ -46,6 +47,8 @@ CREATE TABLE IF NOT EXISTS audit (
   analyst TEXT, action TEXT NOT NULL, sql TEXT, epsilon TEXT, delta TEXT,
   outcome TEXT NOT NULL, detail TEXT, query_id TEXT);
 CREATE INDEX IF NOT EXISTS audit_ts ON audit (dataset, ts);
+CREATE TABLE IF NOT EXISTS secrets (
+  name TEXT PRIMARY KEY, value BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS models (
   id TEXT PRIMARY KEY, dataset TEXT NOT NULL, analyst TEXT NOT NULL, status TEXT NOT NULL,
   progress REAL NOT NULL, spec TEXT NOT NULL, result TEXT, error TEXT, created REAL NOT NULL,
@@ -136,6 +139,17 @@ class StateDB:
 
     def connection(self, relaxed: bool = False) -> sqlite3.Connection:
         return self._con(relaxed)
+
+    def shared_secret(self, name: str) -> bytes:
+        """32 random bytes made once per state file and kept in it, so every process and
+        replica on this state uses the same (e.g. the salt of fake SCRAM verifiers for
+        unknown names: fresh per process, it would tell real names from fake ones
+        across a restart)."""
+        with self._write() as con:
+            con.execute("INSERT OR IGNORE INTO secrets (name, value) VALUES (?, ?)",
+                        (name, secrets.token_bytes(32)))
+            row = con.execute("SELECT value FROM secrets WHERE name = ?", (name,)).fetchone()
+        return bytes(row[0])
 
 
 OWNER = f"{socket.gethostname()}:{os.getpid()}"
