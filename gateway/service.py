@@ -265,7 +265,7 @@ class Gateway:
             text = self.executor.render(plan.public_query)
             return self._prepared.put(key, Prepared(key, plan, None, plan.public_query, text,
                                                     None, False))
-        cal = self._calibrate(plan, epsilon, delta, mechanism)
+        cal = self.calibration(plan, epsilon, delta, mechanism)
         # The rewrite depends on ε only through the grids (powers of two), so nearby
         # epsilons share it.
         grids = tuple(sorted((n, g.step, g.integral) for n, g in cal.grids.items()))
@@ -275,7 +275,7 @@ class Gateway:
                         answer_key(self.policy.version, rewritten, cal), salted)
         return self._prepared.put(key, prep)
 
-    def _calibrate(self, plan: Plan, epsilon: float, delta: float, mechanism: str
+    def calibration(self, plan: Plan, epsilon: float, delta: float, mechanism: str
                    ) -> Calibration:
         """Noise for every statistic, with a share of ε for tuning an `auto` bound."""
         return calibrate_query(plan, epsilon, delta, mechanism,
@@ -465,7 +465,7 @@ class Gateway:
         if plan.public_query is not None:
             return Explanation(self.executor.render(plan.public_query), [], None,
                                0.0, 0.0, [])
-        cal = self._calibrate(plan, eps, dlt, mech)
+        cal = self.calibration(plan, eps, dlt, mech)
         tree = rewrite(plan, cal.grids, self.executor)
         aggregates = []
         for agg in plan.aggs:

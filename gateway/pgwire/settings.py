@@ -61,6 +61,12 @@ REPORTED = ("server_version", "server_encoding", "client_encoding", "application
             "standard_conforming_strings", "is_superuser", "session_authorization",
             "default_transaction_read_only", "in_hot_standby", "scram_iterations")
 
+# dp.* settings that take one of a few words: (the words, the hint when another is given).
+_CHOICES = {
+    "dp.report": (("ci95", "none"), "use ci95 (a <col>_ci95 column per noisy column) or none"),
+    "dp.mechanism": (("laplace", "gaussian"), "use laplace or gaussian"),
+}
+
 # Who the session is: fixed by authentication, whatever spelling a client uses to ask.
 IDENTITY = frozenset({"session_authorization", "role"})
 
@@ -102,19 +108,12 @@ def _check_dp(name: str, value: str) -> str:
                           hint="the target 95% half-width is a positive number, e.g. "
                           "SET dp.ci95 = 50 (none, or RESET dp.ci95, to spend dp.epsilon)")
         return repr(x) if x != int(x) or "e" in v else str(int(x))
-    if name == "dp.report":
+    if name in _CHOICES:
+        allowed, hint = _CHOICES[name]
         v = value.strip().lower()
-        if v not in ("ci95", "none"):
+        if v not in allowed:
             raise PgError(INVALID_PARAMETER_VALUE,
-                          f'invalid value for parameter "dp.report": "{value}"',
-                          hint="use ci95 (a <col>_ci95 column per noisy column) or none")
-        return v
-    if name == "dp.mechanism":
-        v = value.strip().lower()
-        if v not in ("laplace", "gaussian"):
-            raise PgError(INVALID_PARAMETER_VALUE,
-                          f'invalid value for parameter "dp.mechanism": "{value}"',
-                          hint="use laplace or gaussian")
+                          f'invalid value for parameter "{name}": "{value}"', hint=hint)
         return v
     try:
         x = float(value)

@@ -52,7 +52,8 @@ from typing import TYPE_CHECKING
 
 from gateway.errors import BudgetExceeded, GatewayError, InvalidRequest, QueryRejected
 from gateway.query.cells import output_cells
-from gateway.query.noise import Calibration, calibrate
+from gateway.query.compound import share
+from gateway.query.noise import Calibration
 from gateway.query.prepared import LRU
 from gateway.query.results import Explanation, QueryResult
 from gateway.sql.plan import AggSpec, Plan
@@ -201,7 +202,7 @@ class _Model:
 
     def __init__(self, names: list[str], parts: list[tuple[_Select, int]]) -> None:
         self.names = names
-        self.parts = parts  # (SELECT, k: it gets ε / k)
+        self.parts = parts  # (SELECT, k: it gets ε / k, as compound.share splits it)
 
     @property
     def noisy(self) -> bool:
@@ -213,7 +214,7 @@ class _Model:
             if not select.columns:
                 continue
             ratio = {c.index for c in select.columns if c.agg.func in _RATIO_FUNCS}
-            for j, h in select.half_widths(_share(epsilon, k)).items():
+            for j, h in select.half_widths(share(epsilon, k)).items():
                 if j not in worst or h > worst[j][0]:
                     worst[j] = (h, j in ratio)
         if not worst:
@@ -226,25 +227,13 @@ class _Model:
         return self.names[j] if j < len(self.names) else f"column {j + 1}"
 
 
-def _share(epsilon: float, k: int) -> float:
-    """ε / k rounded down so k shares never add up to more than ε (as the compound path
-    splits it); k = 1 is ε itself."""
-    if k <= 1:
-        return epsilon
-    share = epsilon / k
-    while Decimal(repr(share)) * k > Decimal(repr(epsilon)):
-        share = math.nextafter(share, 0.0)
-    return share
-
-
 Calibrate = Callable[[Plan, float, float, str], Calibration]
 
 
 def _calibration(gw: Gateway) -> Calibrate:
     """How the Gateway calibrates a plan (with its share of ε for tuning an `auto` bound,
     whose accuracy is predicted at the bound's ceiling, as explain shows it)."""
-    own: Calibrate | None = getattr(gw, "_calibrate", None)
-    return own if own is not None else calibrate
+    return gw.calibration
 
 
 def _model(gw: Gateway, sql: str, dialect: str, delta: float, mechanism: str) -> _Model:
@@ -273,24 +262,20 @@ def _compound_model(cplan: CompoundPlan, delta: float, mechanism: str, cal: Cali
             "accuracy-first (ci95) cannot predict the columns of a query around a UNION, "
             "INTERSECT or EXCEPT", hint="pass epsilon instead, or ask the set operation "
             "itself with ci95 and transform its answer yourself", rule="accuracy_target")
-    first: dict[str, int] = {}
-    for i, b in enumerate(cplan.branches):
-        if b.noisy:
-            first.setdefault(b.sql, i)
-    fresh = list(first.values())
-    with_delta = [i for i in fresh if cplan.branches[i].uses_delta(mechanism)]
-    delta_each = _share(delta, len(with_delta)) if with_delta else 0.0
+    k = len(cplan.fresh)
+    # δ does not depend on ε: each SELECT's δ is its share of the request's (the ε given
+    # here is a placeholder; predict() splits each trial ε by k as compound.share does).
+    deltas = [d for _, d in cplan.shares(1.0, delta, mechanism)]
     names = [c.name for c in cplan.columns]
     parts: list[tuple[_Select, int]] = []
-    for i, b in enumerate(cplan.branches):
+    for i, (b, d) in enumerate(zip(cplan.branches, deltas, strict=True)):
         if not b.noisy:
             continue
-        d = delta_each if b.uses_delta(mechanism) else 0.0
         try:
             select = _Select(b.plan, [c.name for c in b.columns], d, mechanism, cal)
         except QueryRejected as e:
             raise b.piece.rejection(e, i, cplan.kind) from None
-        parts.append((select, len(fresh)))
+        parts.append((select, k))
     return _Model(names, parts)
 
 

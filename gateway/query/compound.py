@@ -140,6 +140,28 @@ class CompoundPlan:
     kind: str  # "UNION ALL", "UNION", "INTERSECT", ... for messages
     outer: Outer | None = None  # a SELECT over the set operation's rows (a wrapper)
 
+    @property
+    def fresh(self) -> tuple[int, ...]:
+        """The branches that compute a release: the first of each distinct noisy SELECT
+        (identical branches share one release and one share)."""
+        first: dict[str, int] = {}
+        for i, b in enumerate(self.branches):
+            if b.noisy:
+                first.setdefault(b.sql, i)
+        return tuple(first.values())
+
+    def shares(self, epsilon: float, delta: float, mechanism: str
+               ) -> list[tuple[float, float]]:
+        """Each branch's (ε, δ): ε split equally over the fresh releases, δ over those
+        among them that spend it; a branch that releases nothing noisy costs nothing
+        whatever it is given (the whole request)."""
+        fresh = self.fresh
+        with_delta = [i for i in fresh if self.branches[i].uses_delta(mechanism)]
+        eps_each = share(epsilon, len(fresh))
+        delta_each = share(delta, len(with_delta)) if with_delta else 0.0
+        return [(eps_each, delta_each if b.uses_delta(mechanism) else 0.0) if b.noisy
+                else (epsilon, delta) for b in self.branches]
+
 
 @dataclass(frozen=True)
 class Outer:
@@ -371,30 +393,20 @@ class Compounds:
             return found
         gw = self.gw
         # Identical branches share one release: the first of them computes it.
-        first: dict[str, int] = {}
-        for i, b in enumerate(cplan.branches):
-            if b.noisy:
-                first.setdefault(b.sql, i)
-        fresh = tuple(first.values())
-        with_delta = [i for i in fresh if cplan.branches[i].uses_delta(mechanism)]
-        eps_each = _share(epsilon, len(fresh))
-        delta_each = _share(delta, len(with_delta)) if with_delta else 0.0
-        preps, shares = [], []
-        for i, b in enumerate(cplan.branches):
-            if b.noisy:
-                share = (eps_each, delta_each if b.uses_delta(mechanism) else 0.0)
-            else:  # costs nothing whatever it is given
-                share = (epsilon, delta)
+        fresh = cplan.fresh
+        shares = cplan.shares(epsilon, delta, mechanism)
+        preps = []
+        for i, (b, (eps, dlt)) in enumerate(zip(cplan.branches, shares, strict=True)):
             try:
-                prep = gw.prepare(b.sql, share[0], share[1], mechanism, dialect=cplan.dialect)
+                prep = gw.prepare(b.sql, eps, dlt, mechanism, dialect=cplan.dialect)
             except QueryRejected as e:
                 raise b.piece.rejection(e, i, cplan.kind) from None
             if prep.cal is not None and prep.from_domains == b.noisy:
                 raise InternalError("a branch's calibration disagrees with its plan")
-            if b.noisy and share[1] == 0 and _cal(prep).delta != 0:
+            if b.noisy and dlt == 0 and _cal(prep).delta != 0:
                 raise InternalError("a branch spends δ it was not given")
             preps.append(prep)
-            shares.append(share)
+        first = {cplan.branches[i].sql: i for i in fresh}
         release = tuple(fresh.index(first[b.sql]) if b.noisy else None
                         for b in cplan.branches)
         events = tuple(e for i in fresh for e in _cal(preps[i]).events)
@@ -1212,7 +1224,7 @@ def _releases_noise(plan: Plan) -> bool:
         s.sensitivity(plan.max_rows, plan.max_groups)[0] > 0 for s in plan.stats)
 
 
-def _share(total: float, k: int) -> float:
+def share(total: float, k: int) -> float:
     """total / k, rounded down so that k shares never add up to more than total."""
     if k <= 1:
         return total

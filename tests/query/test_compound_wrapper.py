@@ -11,7 +11,6 @@ Real components throughout: the sample data and an in-process Gateway.
 
 from __future__ import annotations
 
-import json
 import random
 import sqlite3
 from collections.abc import Iterator
@@ -24,13 +23,12 @@ from sqlglot import exp
 
 from gateway import Gateway
 from gateway.errors import QueryRejected
+from tests.query.test_compound import MOBILE_TV, charges, ledger_events
 from tests.sidechannel.compare import Mismatch, differences, report, run
 from tests.sidechannel.data import VICTIM, write_world
 from tests.sidechannel.shapes import Query, union_query
 from tests.support import web_policy
 
-MOBILE_TV = ("SELECT 'mobile' AS device, COUNT(*) AS n FROM visits WHERE device = 'mobile' "
-             "UNION ALL SELECT 'tv', COUNT(*) FROM visits WHERE device = 'tv'")
 BY_DEVICE = ("SELECT device, COUNT(*) AS n, AVG(spend) AS s FROM visits GROUP BY device "
              "UNION ALL SELECT 'all', COUNT(*), AVG(spend) FROM visits")
 
@@ -40,16 +38,6 @@ def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     folder = tmp_path_factory.mktemp("wrapper")
     with Gateway.open(web_policy(folder), state=folder / "s.db") as g:
         yield g
-
-
-def charges(gw: Gateway, analyst: str) -> list[dict[str, Any]]:
-    return [c for c in gw.ledger.charges() if c["analyst"] == analyst]
-
-
-def ledger_events(gw: Gateway, query_id: str) -> list[dict[str, Any]]:
-    rows = gw.ledger._read("SELECT events FROM charges WHERE query_id = ?", (query_id,))
-    assert len(rows) == 1
-    return list(json.loads(rows[0][0]))
 
 
 # -- answers: post-processing of the unwrapped statement's release ------------------------
